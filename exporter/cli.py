@@ -1,0 +1,75 @@
+"""`export-mxfp4 MODEL OUT_DIR [--draft MODEL] [options]`: thin shell over `export.export`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from specqd.models.fetch import FetchError
+from specqd.models.registry import REGISTRY, UnknownModelError
+from specqd.runtime.manifest import Manifest
+
+from . import ir
+from .errors import ExportError
+from .export import EMBEDDING_CHOICES, ExportOptions, export
+
+
+def _formats(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: list[str] | None) -> ExportOptions:
+    parser = argparse.ArgumentParser(
+        prog="export-mxfp4",
+        description="Export a BF16 checkpoint as OpenVINO IR levels for ML-SpecQD: the BF16 target, its "
+                    "MXFP4 copy (the plug-and-play draft) and optional smaller drafts.",
+        epilog=f"MODEL is a registry name ({', '.join(REGISTRY)}), a Hugging Face checkpoint folder "
+               "or a .gguf file.",
+    )
+    parser.add_argument("model", metavar="MODEL", help="the target model")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="output folder (created whole or not at all)")
+    parser.add_argument("--draft", action="append", default=[], metavar="MODEL",
+                        help="a smaller draft model with the same tokenizer; repeatable")
+    quantized = ", ".join(ir.QUANTIZED_FORMATS)
+    parser.add_argument("--format", type=_formats, default=["mxfp4"], metavar="FMT[,FMT]",
+                        help=f"weight formats of the target's quantized copies ({quantized}; default mxfp4)")
+    parser.add_argument("--draft-format", type=_formats, default=["bf16"], metavar="FMT[,FMT]",
+                        help=f"weight formats of each draft (bf16, {quantized}; default bf16)")
+    parser.add_argument("--embeddings", choices=EMBEDDING_CHOICES, default="bf16",
+                        help="embedding and lm_head of 4-bit levels: keep them bf16 (default; see README) or "
+                             "quantize them too")
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
+    args = parser.parse_args(argv)
+    return ExportOptions(model=args.model, out_dir=args.out_dir, drafts=args.draft, formats=args.format,
+                         draft_formats=args.draft_format, embeddings=args.embeddings, force=args.force)
+
+
+def summary_table(manifest: Manifest) -> str:
+    rows = [("level", "role", "format", "embeddings", "size", "vs BF16", "export time")]
+    for level in manifest.levels:
+        rows.append((level.name, level.role, level.format, level.embeddings, f"{level.bytes / 1e9:.2f} GB",
+                     f"{level.bf16_bytes / level.bytes:.2f}x smaller" if level.format != "bf16" else "-",
+                     f"{level.export_seconds:.0f} s"))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    started = time.perf_counter()
+    try:
+        manifest = export(options)
+    except (ExportError, UnknownModelError, FetchError) as error:
+        print(f"export-mxfp4: error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported to {options.out_dir} in {time.perf_counter() - started:.0f} s\n")
+    print(summary_table(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

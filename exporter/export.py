@@ -1,0 +1,137 @@
+"""The export job: validate everything, build every level in a scratch folder, then move it into place whole."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specqd.models.cache import say
+from specqd.runtime.manifest import Level, Manifest
+
+from . import ir, sources, vocabulary
+from .errors import ExportError
+
+EMBEDDING_CHOICES = ("bf16", "quantized")
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    out_dir: Path
+    drafts: list[str] = field(default_factory=list)
+    # Formats of the target's quantized copies: one level "target-<format>" each.
+    formats: list[str] = field(default_factory=lambda: ["mxfp4"])
+    # Formats of each draft: "bf16" gives level "draft", any other "draft-<format>".
+    draft_formats: list[str] = field(default_factory=lambda: ["bf16"])
+    # Embedding and lm_head of 4-bit levels: "bf16" keeps them BF16 (the paper's choice), "quantized" does not.
+    embeddings: str = "bf16"
+    force: bool = False
+
+    def validate(self) -> None:
+        known = ", ".join(ir.QUANTIZED_FORMATS)
+        for fmt in self.formats:
+            if fmt not in ir.QUANTIZED_FORMATS:
+                raise ExportError(f"--format {fmt!r}: unknown weight format; choose from {known}")
+        for fmt in self.draft_formats:
+            if fmt != "bf16" and fmt not in ir.QUANTIZED_FORMATS:
+                raise ExportError(f"--draft-format {fmt!r}: unknown weight format; choose from bf16, {known}")
+        if self.embeddings not in EMBEDDING_CHOICES:
+            raise ExportError(f"--embeddings {self.embeddings!r}: choose from {', '.join(EMBEDDING_CHOICES)}")
+        if len(set(self.formats)) != len(self.formats) or len(set(self.draft_formats)) != len(self.draft_formats):
+            raise ExportError("--format and --draft-format must not repeat a format")
+        if self.out_dir.exists() and not self.force:
+            raise ExportError(f"{self.out_dir}: already exists; pass --force to replace it")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ExportError(f"{self.out_dir}: exists and is not a folder")
+
+
+def export(options: ExportOptions) -> Manifest:
+    options.validate()
+    target_source = sources.identify(options.model)
+    draft_sources = [sources.identify(draft) for draft in options.drafts]
+
+    target_checkpoint, target_sha = sources.materialize(target_source)
+    target_print = vocabulary.fingerprint(target_checkpoint)
+    drafts = []
+    for index, source in enumerate(draft_sources):
+        checkpoint, sha = sources.materialize(source)
+        draft_print = vocabulary.fingerprint(checkpoint)
+        vocabulary.check_same(options.model, target_print, source.argument, draft_print)
+        drafts.append((_draft_name(index), source.argument, checkpoint, sha))
+
+    out_dir = options.out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        levels = _export_model(scratch, "target", options.model, target_checkpoint, target_sha,
+                               target_print, ["bf16", *options.formats], options.embeddings)
+        for name, argument, checkpoint, sha in drafts:
+            levels += _export_model(scratch, name, argument, checkpoint, sha, target_print,
+                                    options.draft_formats, options.embeddings)
+        manifest = Manifest(levels=levels, tools=_tool_versions())
+        manifest.write(scratch)
+        _move_into_place(scratch, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return manifest
+
+
+def _draft_name(index: int) -> str:
+    return "draft" if index == 0 else f"draft{index + 1}"
+
+
+def _export_model(root: Path, name: str, argument: str, checkpoint: Path, sha256: str,
+                  tokenizer_print: str, formats: list[str], embeddings: str) -> list[Level]:
+    """Export one model in every requested format; the BF16 IR is always made, as the source of the rest."""
+    bf16_dir = root / name if "bf16" in formats else root / f".{name}-bf16"
+    started = time.perf_counter()
+    say(f"[{name}] exporting BF16 IR from {checkpoint}")
+    ir.export_bf16(checkpoint, bf16_dir)
+    bf16_seconds = time.perf_counter() - started
+
+    def level(level_name: str, fmt: str, seconds: float, level_embeddings: str) -> Level:
+        role = "target" if level_name == "target" else "draft"
+        return Level(name=level_name, role=role, format=fmt, path=level_name, bytes=ir.folder_bytes(root / level_name),
+                     source=argument, source_sha256=sha256, tokenizer_sha256=tokenizer_print,
+                     embeddings=level_embeddings, export_seconds=round(seconds, 1), bf16_bytes=ir.folder_bytes(bf16_dir))
+
+    levels = [level(name, "bf16", bf16_seconds, "bf16")] if "bf16" in formats else []
+    for fmt in formats:
+        if fmt == "bf16":
+            continue
+        level_name = f"{name}-{fmt}"
+        started = time.perf_counter()
+        say(f"[{level_name}] quantizing weights to {fmt} with NNCF")
+        ir.quantize(bf16_dir, root / level_name, fmt, embeddings)
+        keeps_bf16 = fmt in ir.FORMATS_WITH_EMBEDDING_CHOICE and embeddings == "bf16"
+        levels.append(level(level_name, fmt, time.perf_counter() - started, "bf16" if keeps_bf16 else fmt))
+    if "bf16" not in formats:
+        shutil.rmtree(bf16_dir)
+    return levels
+
+
+def _move_into_place(scratch: Path, out_dir: Path) -> None:
+    """Two renames on one filesystem: the old export is replaced only once the new one is complete."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(scratch, out_dir)
+        shutil.rmtree(old)
+    else:
+        os.replace(scratch, out_dir)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("specqd", "openvino", "openvino-tokenizers", "nncf", "optimum-intel", "transformers", "torch"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions

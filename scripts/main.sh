@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# From nothing to the ML-SpecQD export of the default real models: set up, fetch, convert, export.
+# Everything heavy is cached under ${SPECQD_CACHE:-~/.cache/specqd}; a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cache="${SPECQD_CACHE:-$HOME/.cache/specqd}"
+out="${1:-$cache/exports/qwen2.5-coder-1.5b}"
+if [ -f "$out/specqd.json" ]; then
+  echo "reusing the export in $out (delete it to export again):"
+else
+  .venv/bin/export-mxfp4 qwen2.5-coder-1.5b "$out" --draft qwen2.5-coder-0.5b
+fi
+.venv/bin/python - "$out" <<'PY'
+import sys
+from specqd.exporter.cli import summary_table
+from specqd.runtime.manifest import Manifest
+print(summary_table(Manifest.read(sys.argv[1])))
+PY

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv with specqd, the exporter and the test tools. Safe to re-run; takes seconds once done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+# The CPU build of torch first: a bare "torch" from PyPI is a multi-GB CUDA build.
+"${pip[@]}" install --quiet "torch==2.13.0"
+"${pip[@]}" install --quiet -e ".[dev]"
+# optimum-intel pulls in torchvision, whose PyPI build fails to import beside the CPU torch
+# ("operator torchvision::nms does not exist") and then breaks transformers. Nothing here needs it.
+"${pip[@]}" uninstall --quiet -y torchvision 2>/dev/null || true
+echo "setup: .venv ready ($(.venv/bin/python -c 'import openvino; print("openvino", openvino.__version__)'))"
