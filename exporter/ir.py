@@ -7,6 +7,7 @@ so it also loads in optimum-intel or openvino-genai for side-by-side comparison.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 MODEL_XML = "openvino_model.xml"
@@ -29,9 +30,13 @@ def export_bf16(checkpoint: Path, out: Path) -> None:
     """optimum's export with an explicit config: without one it quantizes models above 1B params to int8."""
     from optimum.exporters.openvino import main_export
     from optimum.intel import OVConfig
+    from transformers.utils import logging as transformers_logging
 
-    main_export(str(checkpoint), output=out, task="text-generation-with-past", ov_config=OVConfig(),
-                convert_tokenizer=True, stateful=True)
+    transformers_logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dozens of TracerWarnings that say nothing about the result
+        main_export(str(checkpoint), output=out, task="text-generation-with-past", ov_config=OVConfig(),
+                    convert_tokenizer=True, stateful=True)
 
 
 def quantize(bf16_level: Path, out: Path, weight_format: str, embeddings: str) -> None:

@@ -7,6 +7,7 @@ model (same seed, same tokenizer) as a qwen2 GGUF file that transformers can loa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, 
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import (AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast,
-                          Qwen2Config)
+                          Qwen2Config, Qwen2Tokenizer)
 
 EOS = "<|endoftext|>"
 # The specials transformers' GGUF qwen2 converter adds, so the tokenizer loaded from GGUF has the same
@@ -68,7 +69,7 @@ DEFAULT_CORPUS = "\n".join([_ENGLISH, _PYTHON] * 2 + [_ENGLISH.upper(), _PYTHON.
 
 
 def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with Qwen2's normalizer/pre-tokenizer, specials last as in Qwen2; deterministic."""
+    """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, specials last as in Qwen2; deterministic."""
     backend = Tokenizer(BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
@@ -80,8 +81,14 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
     trainer = BpeTrainer(vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=False,
                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(text.splitlines(keepends=True), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, additional_special_tokens=SPECIAL_TOKENS,
-                                   eos_token=EOS, pad_token=EOS, unk_token=None, bos_token=None)
+    # Specials go into the BPE vocab and the prefix/suffix fields become "" as transformers' GGUF converter
+    # writes them, so a GGUF round trip keeps the whole tokenizer.json (and its fingerprint) unchanged.
+    spec = json.loads(backend.to_str())
+    spec["model"] |= {"continuing_subword_prefix": "", "end_of_word_suffix": ""}
+    spec["model"]["vocab"] |= {token: len(spec["model"]["vocab"]) + i for i, token in enumerate(SPECIAL_TOKENS)}
+    backend = Tokenizer.from_str(json.dumps(spec))
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return Qwen2Tokenizer(tokenizer_object=backend)  # eos, pad and unk "<|endoftext|>", no bos, as in Qwen2
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0,
@@ -151,7 +158,5 @@ def write_gguf(path: Path, *, seed: int = 0) -> Path:
 
 def _merges(backend: Tokenizer) -> list[str]:
     """BPE merges as GGUF wants them ("left right"), read from the tokenizer's JSON serialization."""
-    import json
-
     return [" ".join(pair) if isinstance(pair, list) else pair
             for pair in json.loads(backend.to_str())["model"]["merges"]]
