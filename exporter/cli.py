@@ -37,9 +37,9 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
                         help=f"weight formats of the target's quantized copies ({quantized}; default mxfp4)")
     parser.add_argument("--draft-format", type=_formats, default=["bf16"], metavar="FMT[,FMT]",
                         help=f"weight formats of each draft (bf16, {quantized}; default bf16)")
-    parser.add_argument("--embeddings", choices=EMBEDDING_CHOICES, default="bf16",
-                        help="embedding and lm_head of 4-bit levels: keep them bf16 (default; see README) or "
-                             "quantize them too")
+    parser.add_argument("--embeddings", choices=EMBEDDING_CHOICES, default="quantized",
+                        help="embedding and lm_head of 4-bit levels: quantize them like the rest (default; "
+                             "see README) or keep them bf16")
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
     return ExportOptions(model=args.model, out_dir=args.out_dir, drafts=args.draft, formats=args.format,

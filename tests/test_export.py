@@ -49,21 +49,22 @@ def test_target_and_draft_become_three_self_contained_levels(tiny_target, tiny_d
     assert "target-mxfp4" in capsys.readouterr().out  # the summary table
 
 
-def test_the_mxfp4_level_holds_e2m1_weights_with_e8m0_scales_and_bf16_embeddings(tiny_target, tmp_path):
+def test_the_mxfp4_level_holds_only_e2m1_weights_with_e8m0_scales(tiny_target, tmp_path):
     out = tmp_path / "out"
     assert run(tiny_target, out) == 0
     types = weight_types(out / "target-mxfp4")
     assert types["f4e2m1"] > 0 and types["f8e8m0"] == types["f4e2m1"]
-    assert types["bf16"] == 2  # embedding and lm_head, kept BF16 by default
+    assert types["bf16"] == 0 and types["f8e4m3"] == 0  # embedding and lm_head too: nothing left to decompress
     assert weight_types(out / "target")["f4e2m1"] == 0
-    assert Manifest.read(out).level("target-mxfp4").embeddings == "bf16"
-
-
-def test_embeddings_can_be_quantized_too(tiny_target, tmp_path):
-    out = tmp_path / "out"
-    assert run(tiny_target, out, "--embeddings", "quantized") == 0
-    assert weight_types(out / "target-mxfp4")["bf16"] == 0
     assert Manifest.read(out).level("target-mxfp4").embeddings == "mxfp4"
+
+
+def test_embedding_and_lm_head_can_stay_bf16(tiny_target, tmp_path):
+    out = tmp_path / "out"
+    assert run(tiny_target, out, "--embeddings", "bf16") == 0
+    types = weight_types(out / "target-mxfp4")
+    assert types["bf16"] == 2 and types["f4e2m1"] > 0
+    assert Manifest.read(out).level("target-mxfp4").embeddings == "bf16"
 
 
 @pytest.mark.parametrize("fmt, weight_type", [("int4_sym", "i4"), ("nvfp4", "f4e2m1"), ("mxfp8", "f8e4m3"),
