@@ -48,10 +48,14 @@ class KVModel:
         self.cached = list(tokens)
         return self.request.get_tensor("logits").data[0, -last:].astype(np.float32)
 
+    def reset(self) -> None:
+        self.request.reset_state()
+        self.mask = np.zeros(0, np.int64)
+        self.cached = []
+
     def _roll_back(self, keep: int) -> None:
         if keep == 0:
-            self.request.reset_state()
-            self.mask = np.zeros(0, np.int64)
+            self.reset()
         else:
             live = np.flatnonzero(self.mask)
             self.mask[live[keep:]] = 0

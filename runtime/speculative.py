@@ -94,9 +94,10 @@ class ModelLevel:
         self.reset()
 
     def reset(self) -> None:
-        """Start a generation afresh, so that a fixed seed always reproduces the same output."""
+        """Start a generation afresh (no cache reuse), so that a fixed seed always reproduces its output."""
         self.k = self.controls.k
         self.stats = LevelStats(self.name)
+        self.model.reset()
 
     def step(self, tokens: list[int], limit: int, sampling: Sampling,
              rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None], list[np.ndarray]]:

@@ -1,0 +1,183 @@
+"""The runtime on a tiny export: every chain reproduces the target alone, greedy and in distribution."""
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import chi2_contingency
+
+from specqd.exporter.export import ExportOptions, export
+from specqd.runtime import cli, kvmodel
+from specqd.runtime.pipeline import GenerationError, Pipeline
+from specqd.runtime.sampling import Sampling
+from specqd.runtime.speculative import DraftControls
+
+PROMPTS = ["def fibonacci(n: int) -> int:", "The quick brown fox jumps over"]
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_target, tiny_draft, tmp_path_factory):
+    """target; target-int8 (agrees often: long accepted runs); target-mxfp4 (rejects often); draft."""
+    out = tmp_path_factory.mktemp("runtime") / "export"
+    export(ExportOptions(model=str(tiny_target), out_dir=out, drafts=[str(tiny_draft)], formats=["int8", "mxfp4"]))
+    return out
+
+
+def tokens(folder, chain, prompt, n=40, precision="f32", **options):
+    return Pipeline.load(folder, chain=chain, precision=precision, **options).generate(prompt, max_new_tokens=n).tokens
+
+
+CHAINS = ["target,target-int8", "target,target-mxfp4", "target,draft", "target,target-int8,target-mxfp4",
+          "target,target-mxfp4,draft", "target,target-int8,target-mxfp4,draft", "target,lookup",
+          "target,target-int8,lookup", "target,target-mxfp4,target-int8,draft,lookup"]
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_greedy_chains_of_any_depth_give_the_targets_own_tokens_in_f32(tiny_export, chain):
+    for prompt in PROMPTS:
+        assert tokens(tiny_export, chain, prompt) == tokens(tiny_export, "target", prompt)
+
+
+@pytest.mark.parametrize("controls", [
+    {"target-int8": DraftControls(k=3), "target-mxfp4": DraftControls(k=5, confidence=0.3)},
+    {"target-int8": DraftControls(k=2, adaptive=True), "target-mxfp4": DraftControls(k=1, adaptive=True)},
+])
+def test_drafting_controls_change_speed_not_tokens(tiny_export, controls):
+    chain = "target,target-int8,target-mxfp4"
+    assert tokens(tiny_export, chain, PROMPTS[0], controls=controls) == tokens(tiny_export, "target", PROMPTS[0])
+
+
+def test_compacting_the_kv_cache_keeps_tokens_exact(tiny_export, monkeypatch):
+    monkeypatch.setattr(kvmodel, "COMPACTION_SLACK", 0)  # compact after nearly every rejection
+    chain = "target,target-mxfp4,draft"
+    assert tokens(tiny_export, chain, PROMPTS[1], n=60) == tokens(tiny_export, "target", PROMPTS[1], n=60)
+
+
+def test_stats_account_for_every_drafted_and_accepted_token(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8,lookup")
+    result = pipe.generate(PROMPTS[0], max_new_tokens=40)
+    target, middle, lookup = result.stats["levels"]
+    assert result.stats["new_tokens"] == len(result.tokens) == 40
+    assert target["drafted"] == 0 and middle["drafted"] > 0
+    assert 0 < middle["accepted"] <= middle["drafted"]
+    assert middle["acceptance_by_position"][0] >= middle["acceptance_by_position"][-1]
+    assert target["mean_accepted_length"] > 1  # the draft pays: more than one token per target pass
+    assert target["forward_passes"] < 40
+    assert lookup["forward_passes"] == 0
+    assert result.stats["tokens_per_second"] > 0 and result.stats["peak_memory_mb"] > 0
+
+
+def test_streaming_yields_the_text_piece_by_piece(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8")
+    pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30))
+    assert len(pieces) > 1 and "".join(pieces) == pipe.last_result.text
+    assert pipe.last_result.text == pipe.decode(pipe.last_result.tokens)
+
+
+def test_a_stop_string_ends_the_text_before_it(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8")
+    full = pipe.generate(PROMPTS[0], max_new_tokens=30).text
+    stop = full[10:13]
+    text = pipe.generate(PROMPTS[0], max_new_tokens=30, stop=(stop,)).text
+    assert text == full[:full.find(stop)]
+
+
+def draw_pairs(folder, chain, runs, sampling):
+    pipe = Pipeline.load(folder, chain=chain, precision="f32")
+    return Counter(tuple(pipe.generate(PROMPTS[0], max_new_tokens=2,
+                                       sampling=Sampling(seed=seed, **sampling)).tokens) for seed in range(runs))
+
+
+def same_distribution_p_value(a: Counter, b: Counter) -> float:
+    keys = sorted(set(a) | set(b), key=lambda key: -(a[key] + b[key]))
+    common, rare = keys[:30], keys[30:]  # pool rare outcomes so every cell has a fair count
+    table = [[a[k] for k in common] + [sum(a[k] for k in rare)], [b[k] for k in common] + [sum(b[k] for k in rare)]]
+    table = np.array(table)[:, np.array(table).sum(axis=0) > 0]
+    return chi2_contingency(table)[1]
+
+
+def test_speculative_sampling_keeps_the_targets_distribution(tiny_export):
+    """Two-token outputs over 800 seeds: chains against target alone (chi-square), with a power check."""
+    sampling = {"temperature": 0.6, "top_k": 6}
+    alone = draw_pairs(tiny_export, "target", 800, sampling)
+    for chain in ("target,target-int8,target-mxfp4", "target,draft,lookup"):
+        assert same_distribution_p_value(draw_pairs(tiny_export, chain, 800, sampling), alone) > 1e-3, chain
+    # The test can fail: the draft's own distribution is told apart from the target's.
+    assert same_distribution_p_value(_draft_alone(tiny_export, sampling), alone) < 1e-6
+
+
+def _draft_alone(folder, sampling):
+    """The draft model sampled on its own, through a chain whose target is the draft's export."""
+    draft_only = folder.parent / "draft-only"
+    if not draft_only.exists():
+        shutil.copytree(folder / "draft", draft_only / "target")
+        manifest = json.loads((folder / "specqd.json").read_text())
+        level = next(level for level in manifest["levels"] if level["name"] == "draft")
+        manifest["levels"] = [level | {"name": "target", "role": "target", "path": "target"}]
+        (draft_only / "specqd.json").write_text(json.dumps(manifest))
+    return draw_pairs(draft_only, "target", 800, sampling)
+
+
+def test_a_fixed_seed_reproduces_its_sample(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8,lookup")
+    sampling = Sampling(temperature=1.0, top_p=0.9, seed=7)
+    first = pipe.generate(PROMPTS[1], max_new_tokens=20, sampling=sampling).tokens
+    assert pipe.generate(PROMPTS[1], max_new_tokens=20, sampling=sampling).tokens == first
+    assert pipe.generate(PROMPTS[1], max_new_tokens=20, sampling=Sampling(temperature=1.0, seed=8)).tokens != first
+
+
+@pytest.mark.parametrize("chain, message", [
+    ("draft,target", "top must be the target"),
+    ("target,nonexistent", "unknown level 'nonexistent'"),
+    ("target,lookup,draft", "must come last"),
+    ("target,draft,draft", "appears twice"),
+])
+def test_bad_chains_are_refused(tiny_export, chain, message):
+    with pytest.raises(Exception, match=message):
+        Pipeline.load(tiny_export, chain=chain)
+
+
+def test_levels_with_different_tokenizers_are_refused(tiny_export, tmp_path):
+    copy = shutil.copytree(tiny_export, tmp_path / "copy")
+    manifest = json.loads((copy / "specqd.json").read_text())
+    manifest["levels"][-1]["tokenizer_sha256"] = "0" * 64
+    (copy / "specqd.json").write_text(json.dumps(manifest))
+    with pytest.raises(GenerationError, match="different tokenizers"):
+        Pipeline.load(copy, chain="target,draft")
+
+
+@pytest.mark.parametrize("prompt, options, message", [
+    ("", {}, "prompt is empty"),
+    ("word " * 600, {}, "exceeds the model's context of 512"),
+    ("hello", {"sampling": Sampling(temperature=-1)}, "temperature"),
+    ("hello", {"sampling": Sampling(temperature=1, top_p=0)}, "top_p"),
+    ("hello", {"sampling": Sampling(temperature=1, top_k=-2)}, "top_k"),
+    ("hello", {"max_new_tokens": 0}, "max_new_tokens"),
+])
+def test_bad_generation_input_is_refused(tiny_export, prompt, options, message):
+    pipe = Pipeline.load(tiny_export, chain="target,draft")
+    with pytest.raises(GenerationError, match=message):
+        pipe.generate(prompt, **options)
+
+
+def test_the_cli_streams_or_prints_json_and_fails_clearly(tiny_export, tmp_path, capsys):
+    assert cli.main(["generate", str(tiny_export), "--prompt", PROMPTS[0], "--max-new-tokens", "12",
+                     "--chain", "target,target-int8", "--json", "--precision", "f32"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tokens"] == tokens(tiny_export, "target", PROMPTS[0], n=12)
+    assert {"text", "tokens", "stats"} <= set(printed)
+    assert cli.main(["generate", str(tmp_path), "--prompt", "x"]) == 1
+    assert "not a specqd export" in capsys.readouterr().err
+    assert cli.main(["generate", str(tiny_export), "--prompt", "x", "--temperature", "-1"]) == 1
+    assert "temperature" in capsys.readouterr().err
+
+
+def test_the_runtime_imports_without_torch_transformers_or_nncf():
+    code = ("import sys, specqd.runtime.pipeline, specqd.runtime.cli; "
+            "print([m for m in ('torch', 'transformers', 'nncf', 'optimum') if m in sys.modules])")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
