@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .manifest import Manifest, ManifestError
-from .pipeline import GenerationError, Pipeline, default_chain
+from .manifest import ManifestError
+from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
 from .speculative import DraftControls
 
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        chain = args.chain.split(",") if args.chain else default_chain(Manifest.read(args.out_dir))
-        pipe = Pipeline.load(args.out_dir, chain=chain, precision=args.precision,
-                             controls=_controls(chain, args.k, args.confidence, args.adaptive))
+        folder = ExportFolder(args.out_dir, precision=args.precision)
+        chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
+        pipe = folder.pipeline(chain, _controls(chain, args.k, args.confidence, args.adaptive))
         sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
         stream = pipe.stream(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                              stop=tuple(args.stop), chat=args.chat)

@@ -38,35 +38,66 @@ class Result:
     stats: dict = field(default_factory=dict)
 
 
-class Pipeline:
-    def __init__(self, folder: Path, chain: list[str], controls: dict[str, DraftControls], precision: str,
-                 threads: int):
-        self.folder = Path(folder)
-        manifest = Manifest.read(self.folder)
-        _check_chain(manifest, chain)
-        for name, control in controls.items():
-            control.validate(name)
+class ExportFolder:
+    """An export folder opened once: its manifest, tokenizer, and each level's model compiled on first use.
+
+    Pipelines for different chains share these models (a benchmark runs many chains side by side without
+    compiling the target once per chain); each generation starts by resetting the caches it uses.
+    """
+
+    def __init__(self, folder: str | Path, precision: str = "bf16", threads: int = 0):
         if precision not in PRECISIONS:
             raise GenerationError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-        self.chain = chain
-        core = ov.Core()
-        target_dir = self.folder / manifest.level(chain[0]).path
-        self.tokenizer = core.compile_model(target_dir / "openvino_tokenizer.xml", "CPU")
-        self.detokenizer = core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
+        self.path = Path(folder)
+        self.manifest = Manifest.read(self.path)
+        self.precision = precision
+        self.threads = threads
+        self.core = ov.Core()
+        target_dir = self.path / self.manifest.level("target").path
+        self.tokenizer = self.core.compile_model(target_dir / "openvino_tokenizer.xml", "CPU")
+        self.detokenizer = self.core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
         config = json.loads((target_dir / "config.json").read_text())
         self.context = int(config.get("max_position_embeddings", 32768))
         self.eos_ids = _eos_ids(target_dir)
         self.chat_template = _chat_template(target_dir)
+        self._models: dict[str, KVModel] = {}
 
+    def model(self, name: str) -> KVModel:
+        if name not in self._models:
+            level_dir = self.path / self.manifest.level(name).path
+            self._models[name] = KVModel(self.core, level_dir, self.precision, self.threads)
+        return self._models[name]
+
+    def pipeline(self, chain: str | list[str] | None = None,
+                 controls: dict[str, DraftControls] | None = None) -> "Pipeline":
+        """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft"."""
+        names = chain.split(",") if isinstance(chain, str) else chain
+        return Pipeline(self, names or default_chain(self.manifest), controls or {})
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
+
+    def decode(self, tokens: list[int]) -> str:
+        return str(self.detokenizer(np.array([tokens], np.int64))["string_output"][0])
+
+    def apply_chat_template(self, prompt: str) -> str:
+        if self.chat_template is None:
+            raise GenerationError(f"{self.path}: the model has no ChatML chat template; pass a formatted prompt")
+        return self.chat_template.format(prompt=prompt)
+
+
+class Pipeline:
+    def __init__(self, folder: ExportFolder, chain: list[str], controls: dict[str, DraftControls]):
+        _check_chain(folder.manifest, chain)
+        for name, control in controls.items():
+            control.validate(name)
+        self.folder = folder
+        self.chain = chain
         self.levels: list[ModelLevel | PromptLookup] = []
         below = None
         for name in reversed(chain):
             control = controls.get(name, DraftControls())
-            if name == LOOKUP:
-                level = PromptLookup(control)
-            else:
-                model = KVModel(core, self.folder / manifest.level(name).path, precision, threads)
-                level = ModelLevel(name, model, below, control)
+            level = PromptLookup(control) if name == LOOKUP else ModelLevel(name, folder.model(name), below, control)
             self.levels.insert(0, level)
             below = level
         self.target: ModelLevel = self.levels[0]
@@ -76,10 +107,8 @@ class Pipeline:
     def load(cls, folder: str | Path, chain: str | list[str] | None = None,
              controls: dict[str, DraftControls] | None = None, precision: str = "bf16",
              threads: int = 0) -> "Pipeline":
-        """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft"."""
-        names = chain.split(",") if isinstance(chain, str) else chain
-        return cls(Path(folder), names or default_chain(Manifest.read(Path(folder))), controls or {},
-                   precision, threads)
+        """One chain of one export folder; see ExportFolder to run several chains on shared models."""
+        return ExportFolder(folder, precision, threads).pipeline(chain, controls)
 
     def generate(self, prompt: str, **options) -> Result:
         for _ in self.stream(prompt, **options):
@@ -97,10 +126,11 @@ class Pipeline:
             sampling.validate()
         except ValueError as error:
             raise GenerationError(str(error)) from None
-        prompt_ids = self.encode(self.apply_chat_template(prompt) if chat else prompt)
-        if len(prompt_ids) + max_new_tokens > self.context:
+        folder = self.folder
+        prompt_ids = folder.encode(folder.apply_chat_template(prompt) if chat else prompt)
+        if len(prompt_ids) + max_new_tokens > folder.context:
             raise GenerationError(f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens {max_new_tokens} it "
-                                  f"exceeds the model's context of {self.context}: shorten it or ask for fewer tokens")
+                                  f"exceeds the model's context of {folder.context}: shorten it or ask for fewer tokens")
 
         rng = np.random.default_rng(sampling.seed)
         for level in self.levels:
@@ -116,11 +146,11 @@ class Pipeline:
             first_token_at = first_token_at or time.perf_counter()
             for token in new:
                 generated.append(token)
-                if token in self.eos_ids or len(generated) >= max_new_tokens:
+                if token in folder.eos_ids or len(generated) >= max_new_tokens:
                     done = True
                     break
             tokens = list(prompt_ids) + generated
-            text = self.decode(generated)
+            text = folder.decode(generated)
             hit = min((i for i in (text.find(s, max(0, len(emitted) - len(s))) for s in stop) if i >= 0),
                       default=-1)
             if hit >= 0:
@@ -143,18 +173,6 @@ class Pipeline:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "levels": [level.stats.summary() for level in self.levels],
         })
-
-    def encode(self, text: str) -> list[int]:
-        return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
-
-    def decode(self, tokens: list[int]) -> str:
-        return str(self.detokenizer(np.array([tokens], np.int64))["string_output"][0])
-
-    def apply_chat_template(self, prompt: str) -> str:
-        if self.chat_template is None:
-            raise GenerationError(f"{self.folder}: the model has no ChatML chat template; pass a formatted prompt")
-        return self.chat_template.format(prompt=prompt)
-
 
 def default_chain(manifest: Manifest) -> list[str]:
     """ML-SpecQD's chain when the levels exist: target ← its MXFP4 copy ← the small draft."""
@@ -198,4 +216,4 @@ def _chat_template(folder: Path) -> str | None:
             "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n")
 
 
-__all__ = ["Pipeline", "Result", "Sampling", "DraftControls", "GenerationError", "ManifestError", "default_chain"]
+__all__ = ["ExportFolder", "Pipeline", "Result", "Sampling", "DraftControls", "GenerationError", "ManifestError", "default_chain"]

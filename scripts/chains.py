@@ -2,19 +2,19 @@
 
     .venv/bin/python scripts/chains.py EXPORT_DIR [--prompts 2] [--max-new-tokens 128] [--chains a,b;c,d]
 
-A first look, not the benchmark (issue 4 brings `specqd bench`): chains run one after another, each after a
-warm-up, so machine drift between chains is not evened out.
+A first look, not the benchmark (`specqd bench` interleaves configurations prompt by prompt): chains run one
+after another on shared models, each after a warm-up, so machine drift between chains is not evened out.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import gzip
 import json
 from importlib.resources import files
 
-from specqd.runtime.pipeline import Pipeline
+from specqd.runtime.pipeline import ExportFolder
+from specqd.runtime.speculative import DraftControls
 
 CHAINS = ("target;target,target-mxfp4;target,draft;target,target-mxfp4,draft;target,lookup;"
           "target,draft,lookup;target,target-mxfp4,draft,lookup")
@@ -31,14 +31,20 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--chains", default=CHAINS)
+    parser.add_argument("--k", type=int, default=8, help="draft tokens per request at every level")
+    parser.add_argument("--confidence", type=float, default=0.0, help="confidence stop of the bottom level")
     args = parser.parse_args()
     prompts = humaneval_prompts(args.prompts)
+    folder = ExportFolder(args.export_dir)
 
     baseline_tokens, baseline_speed = None, None
     print("| chain | tok/s | speedup | tokens/target pass | acceptance per level | python overhead | "
           "bf16 tokens equal to target alone |\n|---|---|---|---|---|---|---|")
     for chain in args.chains.split(";"):
-        pipe = Pipeline.load(args.export_dir, chain=chain)
+        names = chain.split(",")
+        controls = {name: DraftControls(k=args.k, confidence=args.confidence if name == names[-1] else 0.0)
+                    for name in names[1:]}
+        pipe = folder.pipeline(names, controls)
         pipe.generate(prompts[0], max_new_tokens=8)  # warm-up
         results = [pipe.generate(prompt, max_new_tokens=args.max_new_tokens) for prompt in prompts]
         tokens = sum(len(r.tokens) for r in results)
@@ -54,8 +60,6 @@ def main() -> None:
         per_pass = tokens / sum(r.stats["levels"][0]["forward_passes"] for r in results)
         print(f"| {chain} | {speed:.2f} | {speed / baseline_speed:.2f}x | {per_pass:.2f} | {acceptance or '-'} | "
               f"{overhead:.1%} | {equal}/{sum(map(len, baseline_tokens))} |", flush=True)
-        del pipe
-        gc.collect()
 
 
 if __name__ == "__main__":

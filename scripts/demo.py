@@ -8,8 +8,7 @@ from __future__ import annotations
 import argparse
 
 from specqd.runtime.cli import format_stats
-from specqd.runtime.pipeline import Pipeline, default_chain
-from specqd.runtime.manifest import Manifest
+from specqd.runtime.pipeline import ExportFolder, default_chain
 
 PROMPT = '''def is_palindrome(text: str) -> bool:
     """Return True if text reads the same forwards and backwards, ignoring case and non-letters."""
@@ -22,10 +21,11 @@ def main() -> None:
     parser.add_argument("--chain")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
-    chain = args.chain.split(",") if args.chain else default_chain(Manifest.read(args.export_dir))
 
-    baseline = Pipeline.load(args.export_dir, chain=["target"])
-    speculative = Pipeline.load(args.export_dir, chain=chain)
+    folder = ExportFolder(args.export_dir)
+    chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
+    baseline = folder.pipeline(["target"])
+    speculative = folder.pipeline(chain)
     speculative.generate(PROMPT, max_new_tokens=8)  # warm-up: first inferences of each shape are slow
     baseline.generate(PROMPT, max_new_tokens=8)
 

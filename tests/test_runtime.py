@@ -75,7 +75,7 @@ def test_streaming_yields_the_text_piece_by_piece(tiny_export):
     pipe = Pipeline.load(tiny_export, chain="target,target-int8")
     pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30))
     assert len(pieces) > 1 and "".join(pieces) == pipe.last_result.text
-    assert pipe.last_result.text == pipe.decode(pipe.last_result.tokens)
+    assert pipe.last_result.text == pipe.folder.decode(pipe.last_result.tokens)
 
 
 def test_a_stop_string_ends_the_text_before_it(tiny_export):
