@@ -183,8 +183,10 @@ def default_chain(manifest: Manifest) -> list[str]:
 def _check_chain(manifest: Manifest, chain: list[str]) -> None:
     if not chain:
         raise GenerationError("the chain is empty; it lists levels from the target down, e.g. target,draft")
-    if chain[0] != "target" or manifest.level(chain[0]).role != "target":
+    if len(chain) > 1 and chain[0] != "target":  # a single level may run alone, e.g. to time a draft
         raise GenerationError(f"chain {','.join(chain)}: its top must be the target level 'target'")
+    if chain[0] == LOOKUP:
+        raise GenerationError(f"chain {','.join(chain)}: '{LOOKUP}' cannot generate on its own")
     if len(set(chain)) != len(chain):
         raise GenerationError(f"chain {','.join(chain)}: a level appears twice")
     if LOOKUP in chain[:-1]:

@@ -50,14 +50,26 @@ class LevelStats:
     committed: int = 0           # tokens those steps produced, bonus included
 
     def record_verification(self, drafted: int, accepted: int) -> None:
+        self.record_counts(drafted, accepted, [1] * drafted, [1] * accepted)
+
+    def record_counts(self, drafted: int, accepted: int, drafted_at: list[int], accepted_at: list[int]) -> None:
         self.drafted += drafted
         self.accepted += accepted
-        while len(self.drafted_at) < drafted:
+        while len(self.drafted_at) < len(drafted_at):
             self.drafted_at.append(0)
             self.accepted_at.append(0)
-        for position in range(drafted):
-            self.drafted_at[position] += 1
-            self.accepted_at[position] += position < accepted
+        for position, count in enumerate(drafted_at):
+            self.drafted_at[position] += count
+        for position, count in enumerate(accepted_at):
+            self.accepted_at[position] += count
+
+    def add(self, other: "LevelStats") -> None:
+        """Accumulate another generation's counts (benchmarks sum over prompts)."""
+        self.forward_passes += other.forward_passes
+        self.seconds += other.seconds
+        self.verify_rounds += other.verify_rounds
+        self.committed += other.committed
+        self.record_counts(other.drafted, other.accepted, other.drafted_at, other.accepted_at)
 
     def summary(self) -> dict:
         return {

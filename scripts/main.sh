@@ -16,6 +16,8 @@ from specqd.runtime.manifest import Manifest
 print(summary_table(Manifest.read(sys.argv[1])))
 PY
 else
-  .venv/bin/export-mxfp4 qwen2.5-coder-1.5b "$out" --draft qwen2.5-coder-0.5b
+  # The extra formats are for `specqd bench`, which compares them.
+  .venv/bin/export-mxfp4 qwen2.5-coder-1.5b "$out" --draft qwen2.5-coder-0.5b \
+    --format mxfp4,int4_sym --draft-format bf16,mxfp4,int4_sym
 fi
 .venv/bin/python scripts/demo.py "$out"

@@ -1,0 +1,201 @@
+"""`specqd bench`: every configuration on the same prompts in one run, interleaved prompt by prompt.
+
+Speedups are ratios to our BF16 target alone measured in the same run, because this machine is shared and
+noisy: interleaving makes drift hit every configuration alike. Our configurations share compiled models
+(one ExportFolder); each openvino-genai configuration is its own LLMPipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pipeline import LOOKUP, ExportFolder, Pipeline
+from .sampling import Sampling
+from .speculative import DraftControls, LevelStats
+
+BASELINE = "target"
+GENAI = "genai:"
+# The issue's list, in order; configurations whose levels the export lacks are skipped.
+DEFAULT_CONFIGS = (
+    "target", "genai:target", "target-mxfp4",
+    "target,target-mxfp4", "genai:target,target-mxfp4",
+    "target,draft", "target,draft-mxfp4", "genai:target,draft", "genai:target,draft-mxfp4",
+    "target,target-mxfp4,draft", "target,target-mxfp4,draft-mxfp4",
+    "target,lookup", "target,draft,lookup", "target,target-mxfp4,draft,lookup", "genai:target,lookup",
+    "target,target-int4_sym", "target,draft-int4_sym", "target,draft-int4_sym,lookup",
+    "target,target-int4_sym,draft-int4_sym", "genai:target,draft-int4_sym",
+)
+
+
+@dataclass
+class ConfigRun:
+    name: str
+    engine: str
+    chain: list[str]
+    runner: object
+    outputs: list[list[int]] = field(default_factory=list)
+    seconds: float = 0.0
+    levels: list[LevelStats] = field(default_factory=list)
+    f32_exact: bool | None = None
+
+    def generate(self, prompt: str, max_new_tokens: int, sampling: Sampling, record: bool = True) -> None:
+        if isinstance(self.runner, Pipeline):
+            result = self.runner.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
+            tokens, seconds = result.tokens, result.stats["seconds"]
+        else:
+            result = self.runner.generate(prompt, max_new_tokens, sampling)
+            tokens, seconds = result.tokens, result.seconds
+        if not record:
+            return
+        if isinstance(self.runner, Pipeline):
+            if not self.levels:
+                self.levels = [LevelStats(level.name) for level in self.runner.levels]
+            for total, level in zip(self.levels, self.runner.levels):
+                total.add(level.stats)
+        self.outputs.append(tokens)
+        self.seconds += seconds
+
+
+def available_configs(folder: ExportFolder, names: list[str]) -> list[str]:
+    levels = {level.name for level in folder.manifest.levels} | {LOOKUP}
+    return [name for name in names if set(name.removeprefix(GENAI).split(",")) <= levels]
+
+
+def make_run(folder: ExportFolder, name: str, controls: dict[str, DraftControls]) -> ConfigRun:
+    chain = name.removeprefix(GENAI).split(",")
+    if name.startswith(GENAI):
+        from .genai_engine import GenAIConfig, GenAIEngine
+
+        level_dir = {level.name: folder.path / level.path for level in folder.manifest.levels}
+        draft = chain[1] if len(chain) > 1 else None
+        config = GenAIConfig(target=level_dir[chain[0]], draft=level_dir.get(draft),
+                             prompt_lookup=draft == LOOKUP)
+        return ConfigRun(name, "openvino-genai", chain, GenAIEngine(config))
+    pipeline = folder.pipeline(chain, {level: control for level, control in controls.items() if level in chain})
+    return ConfigRun(name, "specqd", chain, pipeline)
+
+
+def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_tokens: int, sampling: Sampling,
+        controls: dict[str, DraftControls], f32_prompts: int = 0) -> dict:
+    if BASELINE not in names:
+        names = [BASELINE, *names]
+    runs = [make_run(folder, name, controls) for name in names]
+    say(f"warming up {len(runs)} configurations")
+    for config in runs:
+        config.generate(prompts[0], 8, sampling, record=False)
+    started = time.perf_counter()
+    for index, prompt in enumerate(prompts, start=1):
+        for config in runs:
+            config.generate(prompt, max_new_tokens, sampling)
+        line = "  ".join(f"{c.name} {sum(map(len, c.outputs)) / c.seconds:.1f}" for c in runs)
+        say(f"[{index}/{len(prompts)}] {time.perf_counter() - started:.0f} s  tok/s: {line}")
+    if f32_prompts:
+        check_f32(folder.path, runs, prompts[:f32_prompts], max_new_tokens)
+    return report(folder, runs, prompts, max_new_tokens, sampling)
+
+
+def check_f32(path: Path, runs: list[ConfigRun], prompts: list[str], max_new_tokens: int) -> None:
+    """Our chains must give the target's own greedy tokens exactly when every level computes in f32."""
+    folder = ExportFolder(path, precision="f32")
+    tokens = min(max_new_tokens, 32)
+    expected = [folder.pipeline([BASELINE]).generate(p, max_new_tokens=tokens).tokens for p in prompts]
+    for config in runs:
+        if config.engine == "specqd" and config.chain[0] == BASELINE:
+            say(f"f32 check: {config.name}")
+            pipeline = folder.pipeline(config.chain)
+            config.f32_exact = all(pipeline.generate(p, max_new_tokens=tokens).tokens == e
+                                   for p, e in zip(prompts, expected))
+
+
+def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_new_tokens: int,
+           sampling: Sampling) -> dict:
+    baseline = runs[0]
+    base_speed = sum(map(len, baseline.outputs)) / baseline.seconds
+    sizes = {level.name: level.bytes for level in folder.manifest.levels}
+    configs = []
+    for config in runs:
+        speed = sum(map(len, config.outputs)) / config.seconds
+        levels = [level.summary() for level in config.levels]
+        configs.append({
+            "name": config.name,
+            "engine": config.engine,
+            "chain": config.chain,
+            "tokens_per_second": round(speed, 3),
+            "speedup": round(speed / base_speed, 3),
+            "agreement": round(agreement(config.outputs, baseline.outputs), 4),
+            "mean_accepted_length": levels[0]["mean_accepted_length"] if levels else None,
+            "levels": levels,
+            "weights_bytes": {name: sizes[name] for name in config.chain if name in sizes},
+            "f32_exact": config.f32_exact,
+        })
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "export": str(folder.path),
+        "prompts": len(prompts),
+        "max_new_tokens": max_new_tokens,
+        "sampling": sampling.__dict__,
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "configs": configs,
+    }
+
+
+def agreement(outputs: list[list[int]], reference: list[list[int]]) -> float:
+    """Share of the reference's tokens reproduced before the first difference, over all prompts."""
+    same = 0
+    for tokens, expected in zip(outputs, reference):
+        same += next((i for i, (a, b) in enumerate(zip(tokens, expected)) if a != b), min(len(tokens), len(expected)))
+    return same / max(1, sum(map(len, reference)))
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['prompts']} prompts × {result['max_new_tokens']} new tokens, {result['date']}, "
+             f"process peak memory {result['peak_memory_mb']} MB",
+             "",
+             "| configuration | engine | tok/s | speedup | agreement | tokens/target pass | acceptance by level | "
+             "weights GB | f32 exact |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for config in result["configs"]:
+        acceptance = ", ".join(f"{level['level']} {level['acceptance_rate']:.2f}" for level in config["levels"][1:]
+                               if level["acceptance_rate"] is not None)
+        weights = sum(config["weights_bytes"].values()) / 1e9
+        exact = {True: "yes", False: "NO", None: "-"}[config["f32_exact"]]
+        length = config["mean_accepted_length"]
+        lines.append(f"| {config['name']} | {config['engine']} | {config['tokens_per_second']:.2f} | "
+                     f"{config['speedup']:.2f}x | {config['agreement']:.3f} | {length or '-'} | {acceptance or '-'} | "
+                     f"{weights:.2f} | {exact} |")
+    return "\n".join(lines)
+
+
+def bar_chart(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = result["configs"]
+    figure, axis = plt.subplots(figsize=(8, 0.35 * len(configs) + 1.2))
+    colors = ["tab:blue" if c["engine"] == "specqd" else "tab:orange" for c in configs]
+    axis.barh([c["name"] for c in configs], [c["speedup"] for c in configs], color=colors)
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.invert_yaxis()
+    axis.set_xlabel("speedup over our BF16 target alone (blue: specqd, orange: openvino-genai)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def write_outputs(result: dict, json_path: Path | None) -> None:
+    print(markdown(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        json_path.with_suffix(".md").write_text(markdown(result) + "\n")
+        bar_chart(result, json_path.with_suffix(".png"))
+        say(f"wrote {json_path}, {json_path.with_suffix('.md')} and {json_path.with_suffix('.png')}")
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

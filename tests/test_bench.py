@@ -1,0 +1,63 @@
+"""specqd bench: the same prompts for every configuration, speedups against our BF16 target alone."""
+
+import json
+
+import pytest
+
+from specqd.exporter.export import ExportOptions, export
+from specqd.runtime import cli, prompts
+
+
+def test_humaneval_prompts_are_numbered_as_in_the_dataset():
+    first_three = prompts.load("humaneval:0-2")
+    assert len(first_three) == 3 and "has_close_elements" in first_three[0]
+    assert prompts.load("humaneval:1-1") == first_three[1:2]
+
+
+def test_sharegpt_prompts_are_first_human_turns_of_whole_conversations():
+    texts = prompts.load("sharegpt:0-4")
+    assert len(texts) == 5 and all(text.strip() for text in texts)
+
+
+@pytest.mark.parametrize("spec, message", [("humaneval", "expected SOURCE:START-END"),
+                                           ("mmlu:0-3", "unknown source 'mmlu'"),
+                                           ("humaneval:0-500", "has prompts 0-163")])
+def test_bad_prompt_specs_are_refused(spec, message):
+    with pytest.raises(prompts.PromptSpecError, match=message):
+        prompts.load(spec)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_target, tiny_draft, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "export"
+    export(ExportOptions(model=str(tiny_target), out_dir=out, drafts=[str(tiny_draft)], formats=["int8"]))
+    return out
+
+
+def test_bench_writes_json_markdown_and_chart_with_speedups_against_the_baseline(tiny_export, tmp_path, capsys):
+    report = tmp_path / "bench.json"
+    assert cli.main(["bench", str(tiny_export), "--prompts", "humaneval:0-2", "--limit", "2",
+                     "--max-new-tokens", "12", "--configs", "target,target-int8;target,draft,lookup;target-int8",
+                     "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    names = [config["name"] for config in result["configs"]]
+    assert names == ["target", "target,target-int8", "target,draft,lookup", "target-int8"]
+    baseline = result["configs"][0]
+    assert baseline["speedup"] == 1.0 and baseline["agreement"] == 1.0
+    for config in result["configs"]:
+        assert {"name", "engine", "chain", "tokens_per_second", "speedup", "agreement"} <= set(config)
+        assert config["tokens_per_second"] > 0
+    chains = {config["name"]: config for config in result["configs"]}
+    assert chains["target,target-int8"]["f32_exact"] is True
+    assert chains["target,draft,lookup"]["f32_exact"] is True
+    assert chains["target-int8"]["f32_exact"] is None  # a level alone is not the target: nothing to check
+    assert chains["target,target-int8"]["levels"][1]["drafted"] > 0
+    assert result["prompts"] == 2
+    assert "| target,target-int8 |" in capsys.readouterr().out
+    assert report.with_suffix(".md").read_text().count("\n") >= 6
+    assert report.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_refuses_configurations_the_export_lacks(tiny_export, capsys):
+    assert cli.main(["bench", str(tiny_export), "--configs", "target,target-mxfp4", "--limit", "1"]) == 1
+    assert "target,target-mxfp4" in capsys.readouterr().err
