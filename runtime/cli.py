@@ -1,4 +1,4 @@
-"""`specqd generate|bench OUT_DIR ...`: thin shell over the pipeline and the benchmark."""
+"""`specqd generate|bench|tune|profile OUT_DIR ...`: thin shell over the runtime's modules."""
 
 from __future__ import annotations
 
@@ -13,10 +13,6 @@ from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
 from .speculative import DraftControls
 
-DEFAULT_K = 8
-DEFAULT_CONFIDENCE = 0.0
-
-
 def _per_level(text: str, kind: type) -> dict[str, object]:
     """"8" applies to every level; "target-mxfp4=8,draft=4" sets levels by name."""
     if "=" not in text:
@@ -25,17 +21,20 @@ def _per_level(text: str, kind: type) -> dict[str, object]:
     return {name.strip(): kind(value) for name, value in pairs}
 
 
-def _controls(levels: list[str], args: argparse.Namespace) -> dict[str, DraftControls]:
-    """Drafting controls for every named level; names must be levels that can draft."""
+def _controls(levels: list[str], args: argparse.Namespace, folder: ExportFolder) -> dict[str, DraftControls]:
+    """The folder's defaults (tuned or built-in) for each drafting level, with what the options override."""
     for option, values in (("--k", args.k), ("--confidence", args.confidence)):
-        unknown = set(values) - set(levels) - {"*"}
+        unknown = set(values or {}) - set(levels) - {"*"}
         if unknown:
             raise GenerationError(f"{option}: {', '.join(sorted(unknown))} is not a draft level here "
                                   f"({', '.join(levels)})")
-    return {name: DraftControls(k=args.k.get(name, args.k.get("*", DEFAULT_K)),
-                                confidence=args.confidence.get(name, args.confidence.get("*", DEFAULT_CONFIDENCE)),
-                                adaptive=args.adaptive)
-            for name in levels}
+    controls = {}
+    for name in levels:
+        control = folder.default_controls(name)
+        k = (args.k or {}).get(name, (args.k or {}).get("*", control.k))
+        confidence = (args.confidence or {}).get(name, (args.confidence or {}).get("*", control.confidence))
+        controls[name] = DraftControls(k=k, confidence=confidence, adaptive=args.adaptive or control.adaptive)
+    return controls
 
 
 def _sampling(args: argparse.Namespace) -> Sampling:
@@ -49,22 +48,24 @@ def _sampling(args: argparse.Namespace) -> Sampling:
 
 
 def parser() -> argparse.ArgumentParser:
+    folder_arg = argparse.ArgumentParser(add_help=False)
+    folder_arg.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
     shared.add_argument("--max-new-tokens", type=int, default=128)
     shared.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     shared.add_argument("--top-p", type=float, default=1.0)
     shared.add_argument("--top-k", type=int, default=0)
     shared.add_argument("--seed", type=int)
-    shared.add_argument("--k", default=str(DEFAULT_K), type=lambda t: _per_level(t, int),
-                        help=f"draft tokens per request: N for every level or LEVEL=N,... (default {DEFAULT_K})")
-    shared.add_argument("--confidence", default=str(DEFAULT_CONFIDENCE), type=lambda t: _per_level(t, float),
+    shared.add_argument("--k", type=lambda t: _per_level(t, int),
+                        help="draft tokens per request: N for every level or LEVEL=N,... "
+                             "(default: what `specqd tune` chose, else 8)")
+    shared.add_argument("--confidence", type=lambda t: _per_level(t, float),
                         help="stop drafting below this top probability: X or LEVEL=X,... (default 0: never)")
     shared.add_argument("--adaptive", action="store_true", help="adapt each level's k to its acceptance")
 
     top = argparse.ArgumentParser(prog="specqd", description="Speculative generation with OpenVINO levels.")
     commands = top.add_subparsers(dest="command", required=True)
-    generate = commands.add_parser("generate", parents=[shared], help="generate text from a prompt")
+    generate = commands.add_parser("generate", parents=[folder_arg, shared], help="generate text from a prompt")
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--chain", help="levels from the target down, e.g. target,target-mxfp4,draft "
                                           "(default: target,target-mxfp4,draft where present); 'lookup' may end it")
@@ -74,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
                           help="inference precision: bf16 (fast) or f32 (token-exact)")
     generate.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
 
-    measure = commands.add_parser("bench", parents=[shared], help="compare configurations on the same prompts")
+    measure = commands.add_parser("bench", parents=[folder_arg, shared], help="compare configurations on the same prompts")
     measure.add_argument("--prompts", default="humaneval:0-81", help="humaneval:START-END or sharegpt:START-END")
     measure.add_argument("--limit", type=int, help="use only the first N of those prompts")
     measure.add_argument("--configs", help="';'-separated chains; 'genai:' runs one in openvino-genai "
@@ -82,13 +83,23 @@ def parser() -> argparse.ArgumentParser:
     measure.add_argument("--f32-prompts", type=int, default=2,
                          help="prompts of the f32 token-exactness check of our chains (0: skip)")
     measure.add_argument("--json", type=Path, metavar="PATH", help="also write PATH, PATH.md and PATH.png")
+
+    tune = commands.add_parser("tune", parents=[folder_arg], help="choose the fastest chain and draft lengths "
+                                                                  "and store them as this export's defaults")
+    tune.add_argument("--prompts", default="humaneval:0-2", help="sample prompts (default humaneval:0-2)")
+    tune.add_argument("--max-new-tokens", type=int, default=64)
+
+    profile_ = commands.add_parser("profile", parents=[folder_arg], help="step time of each level by tokens per step")
+    profile_.add_argument("--levels", help="comma-separated level names (default: all)")
+    profile_.add_argument("--tokens", default="1,2,4,8", help="tokens per step to measure (default 1,2,4,8)")
+    profile_.add_argument("--json", action="store_true")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return _generate(args) if args.command == "generate" else _bench(args)
+        return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile}[args.command](args)
     except (GenerationError, ManifestError, prompts.PromptSpecError) as error:
         print(f"specqd: error: {error}", file=sys.stderr)
         return 1
@@ -98,7 +109,7 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     folder = ExportFolder(args.out_dir, precision=args.precision)
     chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
-    pipe = folder.pipeline(chain, _controls(chain[1:], args))
+    pipe = folder.pipeline(chain, _controls(chain[1:], args, folder))
     stream = pipe.stream(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                          stop=tuple(args.stop), chat=args.chat)
     for piece in stream:
@@ -121,9 +132,41 @@ def _bench(args: argparse.Namespace) -> int:
     texts = prompts.load(args.prompts)[:args.limit]
     sampling = _sampling(args)
     drafting_levels = [level.name for level in folder.manifest.levels if level.name != "target"] + ["lookup"]
-    result = bench.run(folder, selected, texts, args.max_new_tokens, sampling, _controls(drafting_levels, args),
+    result = bench.run(folder, selected, texts, args.max_new_tokens, sampling, _controls(drafting_levels, args, folder),
                        f32_prompts=args.f32_prompts if sampling.greedy else 0)
     bench.write_outputs(result, args.json)
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tune import tune
+
+    choice = tune(ExportFolder(args.out_dir), prompts.load(args.prompts), args.max_new_tokens)
+    print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}\n"
+          f"predicted {choice['predicted_tokens_per_second']} tok/s ({choice['predicted_speedup']}x), "
+          f"measured {choice['measured_tokens_per_second']} tok/s ({choice['measured_speedup']}x over the target "
+          f"alone)\nstored in {Path(args.out_dir) / 'specqd.json'}: generate and bench now use it by default")
+    return 0
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from .profile import KERNEL, step_times
+
+    folder = ExportFolder(args.out_dir)
+    names = args.levels.split(",") if args.levels else [level.name for level in folder.manifest.levels]
+    tokens = [int(n) for n in args.tokens.split(",")]
+    prompt = folder.encode(prompts.load("humaneval:0-0")[0] * 2)
+    levels = [{"name": name, "kernel": KERNEL, "step_ms": {str(n): round(ms, 1) for n, ms in
+                                                          step_times(folder, name, prompt, tokens).items()}}
+              for name in names]
+    if args.json:
+        print(json.dumps({"levels": levels}))
+    else:
+        print("| level | kernel | " + " | ".join(f"n={n} ms" for n in tokens) + " |")
+        print("|---|---|" + "---|" * len(tokens))
+        for level in levels:
+            print(f"| {level['name']} | {level['kernel']} | " + " | ".join(str(v) for v in level["step_ms"].values())
+                  + " |")
     return 0
 
 

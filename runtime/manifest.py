@@ -7,6 +7,7 @@ dependencies; the exporter imports it from here.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Manifest:
     levels: list[Level]
     tools: dict[str, str]
     version: int = MANIFEST_VERSION
+    tuned: dict | None = None  # `specqd tune`'s choice: chain, k per level, predicted and measured speed
 
     def level(self, name: str) -> Level:
         for level in self.levels:
@@ -47,7 +49,10 @@ class Manifest:
         raise ManifestError(f"unknown level {name!r}; this export has: {known}")
 
     def write(self, folder: Path) -> None:
-        (folder / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+        """Atomically: `specqd tune` rewrites the manifest of an existing export."""
+        scratch = folder / f".{MANIFEST_NAME}.partial"
+        scratch.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        os.replace(scratch, folder / MANIFEST_NAME)
 
     @classmethod
     def read(cls, folder: Path) -> "Manifest":
@@ -59,6 +64,7 @@ class Manifest:
             if data.get("version") != MANIFEST_VERSION:
                 raise ManifestError(f"{path}: manifest version {data.get('version')} is not {MANIFEST_VERSION}; "
                                     "export again with this version of specqd")
-            return cls(levels=[Level(**level) for level in data["levels"]], tools=data["tools"])
+            return cls(levels=[Level(**level) for level in data["levels"]], tools=data["tools"],
+                       tuned=data.get("tuned"))
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ManifestError(f"{path}: corrupt manifest ({error}); export again") from None

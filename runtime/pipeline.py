@@ -74,6 +74,11 @@ class ExportFolder:
         names = chain.split(",") if isinstance(chain, str) else chain
         return Pipeline(self, names or default_chain(self.manifest), controls or {})
 
+    def default_controls(self, name: str) -> DraftControls:
+        """`specqd tune`'s draft length for the level when the export was tuned, else the built-in default."""
+        tuned_k = (self.manifest.tuned or {}).get("k", {})
+        return DraftControls(k=tuned_k[name]) if name in tuned_k else DraftControls()
+
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
 
@@ -96,7 +101,7 @@ class Pipeline:
         self.levels: list[ModelLevel | PromptLookup] = []
         below = None
         for name in reversed(chain):
-            control = controls.get(name, DraftControls())
+            control = controls.get(name) or folder.default_controls(name)
             level = PromptLookup(control) if name == LOOKUP else ModelLevel(name, folder.model(name), below, control)
             self.levels.insert(0, level)
             below = level
@@ -175,7 +180,9 @@ class Pipeline:
         })
 
 def default_chain(manifest: Manifest) -> list[str]:
-    """ML-SpecQD's chain when the levels exist: target ← its MXFP4 copy ← the small draft."""
+    """The chain `specqd tune` chose; untuned, ML-SpecQD's: target ← its MXFP4 copy ← the small draft."""
+    if manifest.tuned:
+        return list(manifest.tuned["chain"])
     names = [level.name for level in manifest.levels]
     return [name for name in ("target", "target-mxfp4", "draft") if name in names]
 

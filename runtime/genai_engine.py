@@ -1,0 +1,114 @@
+"""openvino-genai's LLMPipeline as the benchmark's baseline, run on the same IR level folders as our runtime.
+
+Why a wrapper: the benchmark compares like with like, so the baseline must do a raw completion (no chat
+template), greedy, stopping on the same EOS ids as runtime.pipeline, compiled with the settings of
+runtime.kvmodel (bf16 inference, f16 KV cache, one stream), and it must hand back the generated token ids,
+not text, so they can be compared token by token with our greedy output. Prompts therefore go in already
+tokenized (an ov.Tensor of input_ids): genai 2026.4 then applies no chat template and returns EncodedResults.
+
+Speculative modes (a draft IR, or prompt lookup) run on genai's continuous-batching (paged attention)
+backend; on CPU the plain pipeline uses that backend too unless attention_backend="SDPA" asks for the
+stateful one. genai's own accepted-token counter skips the final round of a request (seen in 2026.4.1),
+so `accepted_tokens` is derived instead: every target step emits its accepted draft tokens plus one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pipeline import _eos_ids
+
+
+@dataclass
+class GenAIConfig:
+    target: Path                     # level folder of the target IR
+    draft: Path | None = None        # level folder of a draft IR (speculative decoding with a draft model)
+    prompt_lookup: bool = False      # openvino-genai's prompt-lookup decoding
+    num_assistant_tokens: int = 5    # draft tokens per step (genai's default is 5)
+    max_ngram_size: int = 3
+    precision: str = "bf16"          # INFERENCE_PRECISION_HINT, as in runtime.kvmodel ("bf16" or "f32")
+    threads: int = 0                 # INFERENCE_NUM_THREADS; 0 keeps the plugin's default
+    attention_backend: str | None = None  # "PA" or "SDPA" for the plain pipeline; None keeps genai's choice
+
+
+@dataclass
+class GenAIResult:
+    tokens: list[int]                    # generated ids, EOS included when generation stopped on it
+    seconds: float                       # wall time of the generate call (prompt already tokenized)
+    accepted_tokens: int | None          # draft tokens the target accepted: new tokens - target steps
+    draft_seconds: float | None          # draft model inference time (speculative decoding with a draft IR)
+    target_seconds: float | None = None  # target inference time as genai reports it (None when it reports 0)
+    target_steps: int | None = None      # target model forward passes that emitted tokens
+    genai_accepted_tokens: int | None = None  # genai's own counters (draft IR only; miss the final round)
+    genai_draft_tokens: int | None = None
+    finish_reason: str = ""
+
+
+class GenAIEngine:
+    def __init__(self, config: GenAIConfig):
+        import openvino_genai  # lazily, so that importing this module does not need it
+
+        if config.draft is not None and config.prompt_lookup:
+            raise ValueError("choose a draft IR or prompt lookup, not both")
+        self.config = config
+        self._genai = openvino_genai
+        device: dict[str, Any] = {"INFERENCE_PRECISION_HINT": config.precision, "NUM_STREAMS": 1,
+                                  "KV_CACHE_PRECISION": "f16" if config.precision == "bf16" else "f32"}
+        if config.threads:
+            device["INFERENCE_NUM_THREADS"] = config.threads
+        options = dict(device)
+        if config.draft is not None:
+            options["draft_model"] = openvino_genai.draft_model(str(config.draft), "CPU", **device)
+        elif config.prompt_lookup:
+            options["prompt_lookup"] = True
+        elif config.attention_backend:
+            options["ATTENTION_BACKEND"] = config.attention_backend
+        self.pipe = openvino_genai.LLMPipeline(str(config.target), "CPU", **options)
+        self.tokenizer = self.pipe.get_tokenizer()
+        self.eos_ids = _eos_ids(Path(config.target))
+
+    def encode(self, prompt: str) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(prompt).input_ids.data[0]]
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int) -> GenAIResult:
+        """Greedy raw completion of `prompt` (text, or token ids to share our runtime's tokenization)."""
+        import openvino as ov
+
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        cfg = self.pipe.get_generation_config()
+        cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, 0
+        cfg.do_sample, cfg.num_beams, cfg.ignore_eos, cfg.echo = False, 1, False, False
+        cfg.apply_chat_template = False
+        cfg.stop_strings = set()
+        cfg.stop_token_ids = set(self.eos_ids)
+        if len(self.eos_ids) == 1:
+            cfg.eos_token_id = next(iter(self.eos_ids))
+        if self.config.draft is not None or self.config.prompt_lookup:
+            cfg.num_assistant_tokens = self.config.num_assistant_tokens
+        if self.config.prompt_lookup:
+            cfg.max_ngram_size = self.config.max_ngram_size
+        inputs = ov.Tensor(np.array([ids], np.int64))
+        started = time.perf_counter()
+        result = self.pipe.generate(inputs, cfg)
+        seconds = time.perf_counter() - started
+
+        tokens = [int(t) for t in result.tokens[0]]
+        extended = result.extended_perf_metrics
+        main = extended.main_model_metrics if extended is not None else result.perf_metrics
+        steps = len(result.perf_metrics.raw_metrics.m_new_token_times) or None  # one entry per target step
+        speculative = self.config.draft is not None or self.config.prompt_lookup
+        target_ms = main.get_inference_duration().mean
+        return GenAIResult(
+            tokens=tokens, seconds=seconds,
+            accepted_tokens=len(tokens) - steps if speculative and steps else None,
+            draft_seconds=extended.draft_model_metrics.get_inference_duration().mean / 1000 if extended else None,
+            target_seconds=target_ms / 1000 if target_ms > 0 else None,
+            target_steps=steps,
+            genai_accepted_tokens=extended.get_num_accepted_tokens() if extended else None,
+            genai_draft_tokens=extended.get_num_draft_tokens() if extended else None,
+            finish_reason=result.finish_reasons[0].name.lower())

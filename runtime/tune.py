@@ -1,0 +1,124 @@
+"""`specqd tune`: choose the chain and draft lengths that a cost model predicts fastest, and remember them.
+
+Cost model (greedy, each drafted token accepted independently with the measured agreement a):
+- a verify round at level v with drafter d drafting k tokens commits E(k, a) = (1 - a^(k+1)) / (1 - a)
+  tokens and costs k * c(d) + t_v(k + 1), with t_v(n) the measured step time over n tokens;
+- c(d), the cost per token of a drafter, is t_d(1) for a bottom model level, 0 for prompt lookup, and for a
+  level that drafts with its own drafter b: (k_b * c(b) + t_d(k_b + 1)) / E(k_b, a_db).
+The chain's speed is E / round time at the target. The chosen configuration is stored in the manifest so
+that `generate` and `bench` use it by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass
+
+from . import profile
+from .pipeline import LOOKUP, ExportFolder
+from .speculative import DraftControls
+
+K_CHOICES = (1, 2, 3, 4, 5, 6, 8, 10, 12)
+MAX_DRAFT_LEVELS = 2  # model levels below the target; lookup may come after them
+
+
+@dataclass
+class Plan:
+    chain: list[str]
+    k: dict[str, int]
+    tokens_per_second: float
+
+
+def committed_per_round(k: int, agreement: float) -> float:
+    if agreement >= 1:
+        return k + 1.0
+    return (1 - agreement ** (k + 1)) / (1 - agreement)
+
+
+def step(times: dict[int, float], n: int) -> float:
+    """Step time over n tokens, interpolated linearly between measured sizes."""
+    sizes = sorted(times)
+    if n in times:
+        return times[n]
+    below = max((s for s in sizes if s < n), default=sizes[0])
+    above = min((s for s in sizes if s > n), default=sizes[-1])
+    if below == above:
+        return times[below]
+    return times[below] + (times[above] - times[below]) * (n - below) / (above - below)
+
+
+def cost_per_token(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
+                   agreement: dict[tuple[str, str], float]) -> float:
+    """Milliseconds per token that chain[0] emits, drafting with the rest of the chain below it."""
+    top = chain[0]
+    if len(chain) == 1:
+        return step(times[top], 1)
+    lower, n = chain[1], k[chain[1]]
+    lower_cost = 0.0 if lower == LOOKUP else cost_per_token(chain[1:], k, times, agreement)
+    return (n * lower_cost + step(times[top], n + 1)) / committed_per_round(n, agreement[(top, lower)])
+
+
+def predict(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
+            agreement: dict[tuple[str, str], float]) -> float:
+    """Expected tokens per second of the chain under the cost model."""
+    return 1000.0 / cost_per_token(chain, k, times, agreement)
+
+
+def search(levels: list[str], times: dict, agreement: dict) -> list[Plan]:
+    """Every chain of up to MAX_DRAFT_LEVELS model levels (any order), with or without lookup, every k."""
+    plans = []
+    drafts = [name for name in levels if name != "target"]
+    for depth in range(0, MAX_DRAFT_LEVELS + 1):
+        for middle in itertools.permutations(drafts, depth):
+            for tail in ([], [LOOKUP]):
+                chain = ["target", *middle, *tail]
+                if len(chain) == 1:
+                    continue
+                for ks in itertools.product(K_CHOICES, repeat=len(chain) - 1):
+                    k = dict(zip(chain[1:], ks))
+                    plans.append(Plan(chain, k, predict(chain, k, times, agreement)))
+    return sorted(plans, key=lambda plan: -plan.tokens_per_second)
+
+
+def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
+    """Measure, search, check the winner against the target alone, and store it in the manifest."""
+    levels = [level.name for level in folder.manifest.levels]
+    say(f"generating the target's greedy text on {len(texts)} prompts")
+    samples = [profile.greedy_continuation(folder, text, new_tokens) for text in texts]
+    sizes = sorted({1, 2, 3, 4, 6, 9, max(K_CHOICES) + 1})
+    times = {}
+    for name in levels:
+        times[name] = profile.step_times(folder, name, samples[0][0], sizes)
+        say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items()))
+    agreement = profile.agreements(folder, levels, samples)
+    plans = search(levels, times, agreement)
+    best = plans[0]
+    say("best predicted: " + "; ".join(f"{','.join(p.chain)} k={p.k} {p.tokens_per_second:.1f} tok/s"
+                                       for p in plans[:5]))
+
+    controls = {name: DraftControls(k=k) for name, k in best.k.items()}
+    measured = {}
+    for chain, chain_controls in ((["target"], {}), (best.chain, controls)):
+        pipeline = folder.pipeline(chain, chain_controls)
+        pipeline.generate(texts[0], max_new_tokens=8)  # warm-up
+        results = [pipeline.generate(text, max_new_tokens=new_tokens) for text in texts]
+        measured[",".join(chain)] = sum(len(r.tokens) for r in results) / sum(r.stats["seconds"] for r in results)
+    baseline, chosen = measured["target"], measured[",".join(best.chain)]
+    choice = {
+        "chain": best.chain,
+        "k": best.k,
+        "predicted_tokens_per_second": round(best.tokens_per_second, 2),
+        "predicted_speedup": round(best.tokens_per_second / predict(["target"], {}, times, agreement), 2),
+        "measured_tokens_per_second": round(chosen, 2),
+        "measured_speedup": round(chosen / baseline, 2),
+        "step_ms": {name: {str(n): round(ms, 1) for n, ms in t.items()} for name, t in times.items()},
+        "agreement": {f"{upper}>{lower}": round(value, 3) for (upper, lower), value in agreement.items()},
+    }
+    folder.manifest.tuned = choice
+    folder.manifest.write(folder.path)
+    return choice
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
