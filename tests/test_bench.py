@@ -61,3 +61,38 @@ def test_bench_writes_json_markdown_and_chart_with_speedups_against_the_baseline
 def test_bench_refuses_configurations_the_export_lacks(tiny_export, capsys):
     assert cli.main(["bench", str(tiny_export), "--configs", "target,target-mxfp4", "--limit", "1"]) == 1
     assert "target,target-mxfp4" in capsys.readouterr().err
+
+
+def test_the_cost_model_counts_committed_tokens_and_drafting_cost():
+    from specqd.runtime.tune import committed_per_round, predict
+
+    assert committed_per_round(4, 0.0) == 1.0 and committed_per_round(4, 1.0) == 5.0
+    times = {"target": {1: 100.0, 5: 100.0}, "draft": {1: 10.0, 5: 10.0}}
+    always = {("target", "draft"): 1.0}
+    # 4 drafted tokens at 10 ms, one 100 ms verify, 5 tokens committed: 28 ms per token.
+    assert abs(predict(["target", "draft"], {"draft": 4}, times, always) - 1000 / 28) < 1e-9
+    assert predict(["target"], {}, times, always) == 10.0
+
+
+def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
+    import shutil
+
+    from specqd.runtime.manifest import Manifest
+    from specqd.runtime.pipeline import ExportFolder
+
+    copy = shutil.copytree(tiny_export, tmp_path / "copy")
+    assert cli.main(["tune", str(copy), "--prompts", "humaneval:0-0", "--max-new-tokens", "12"]) == 0
+    tuned = Manifest.read(copy).tuned
+    assert tuned["chain"][0] == "target" and set(tuned["k"]) == set(tuned["chain"][1:])
+    assert tuned["measured_tokens_per_second"] > 0 and "target>draft" in tuned["agreement"]
+    assert "predicted" in capsys.readouterr().out
+    pipeline = ExportFolder(copy).pipeline()
+    assert pipeline.chain == tuned["chain"]
+    assert [level.controls.k for level in pipeline.levels[1:]] == [tuned["k"][name] for name in tuned["chain"][1:]]
+
+
+def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
+    assert cli.main(["profile", str(tiny_export), "--levels", "target,draft", "--tokens", "1,4", "--json"]) == 0
+    levels = json.loads(capsys.readouterr().out)["levels"]
+    assert [level["name"] for level in levels] == ["target", "draft"]
+    assert all(level["kernel"] and set(level["step_ms"]) == {"1", "4"} for level in levels)
