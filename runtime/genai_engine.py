@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import _eos_ids
+from .pipeline import eos_ids
 
 
 @dataclass
@@ -70,7 +70,7 @@ class GenAIEngine:
             options["ATTENTION_BACKEND"] = config.attention_backend
         self.pipe = openvino_genai.LLMPipeline(str(config.target), "CPU", **options)
         self.tokenizer = self.pipe.get_tokenizer()
-        self.eos_ids = _eos_ids(Path(config.target))
+        self.eos_ids = eos_ids(Path(config.target))
 
     def encode(self, prompt: str) -> list[int]:
         return [int(i) for i in self.tokenizer.encode(prompt).input_ids.data[0]]

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 
 PRECISIONS = ("bf16", "f32")
 COMPACTION_SLACK = 64  # dead slots tolerated beyond as many as there are live ones
+LOGITS_COUNT = "logits_count"
 
 
 class KVModel:
@@ -23,7 +25,8 @@ class KVModel:
                   "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(folder / "openvino_model.xml", "CPU", config)
+        self.compiled = core.compile_model(_logits_for_last_positions(core.read_model(folder / "openvino_model.xml")),
+                                           "CPU", config)
         self.request = self.compiled.create_infer_request()
         self.cached: list[int] = []          # tokens whose keys and values are live in the cache, in order
         self.mask = np.zeros(0, np.int64)    # one entry per physical cache slot: 1 live, 0 rolled back
@@ -43,10 +46,11 @@ class KVModel:
             "attention_mask": mask[None],
             "position_ids": np.arange(keep, keep + len(new), dtype=np.int64)[None],
             "beam_idx": np.zeros(1, np.int32),
+            LOGITS_COUNT: np.array([last], np.int64),
         })
         self.mask = mask
         self.cached = list(tokens)
-        return self.request.get_tensor("logits").data[0, -last:].astype(np.float32)
+        return self.request.get_tensor("logits").data[0].astype(np.float32)
 
     def reset(self) -> None:
         self.request.reset_state()
@@ -69,6 +73,27 @@ class KVModel:
             data = state.state.data
             state.state = ov.Tensor(np.ascontiguousarray(data[:, :, live, :]))
         self.mask = np.ones(len(live), np.int64)
+
+
+def _logits_for_last_positions(model: ov.Model) -> ov.Model:
+    """Compute the lm_head only for the positions whose logits are read, given by a new input.
+
+    Without it a prompt of 300 tokens runs the 151,936-wide lm_head 300 times and copies all the results out,
+    though only the last position's logits are used; a verify step needs the last k + 1.
+    """
+    logits = next(output for output in model.outputs if "logits" in output.get_names())
+    lm_head = logits.get_node().input_value(0).get_node()
+    if lm_head.get_type_name() != "MatMul":
+        raise ValueError(f"unexpected IR: logits come from {lm_head.get_type_name()}, not the lm_head MatMul")
+    count = ops.parameter([1], ov.Type.i64, name=LOGITS_COUNT)
+    count.output(0).set_names({LOGITS_COUNT})
+    hidden = lm_head.input_value(0)
+    last_positions = ops.slice(hidden, ops.negative(count), ops.constant([np.iinfo(np.int64).max]),
+                               ops.constant([1]), ops.constant([1]))
+    lm_head.input(0).replace_source_output(last_positions.output(0))
+    model.add_parameters([count])
+    model.validate_nodes_and_infer_types()
+    return model
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

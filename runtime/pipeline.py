@@ -58,7 +58,7 @@ class ExportFolder:
         self.detokenizer = self.core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
         config = json.loads((target_dir / "config.json").read_text())
         self.context = int(config.get("max_position_embeddings", 32768))
-        self.eos_ids = _eos_ids(target_dir)
+        self.eos_ids = eos_ids(target_dir)
         self.chat_template = _chat_template(target_dir)
         self._models: dict[str, KVModel] = {}
 
@@ -205,7 +205,7 @@ def _check_chain(manifest: Manifest, chain: list[str]) -> None:
                                   "share the target's vocabulary")
 
 
-def _eos_ids(folder: Path) -> set[int]:
+def eos_ids(folder: Path) -> set[int]:
     ids: set[int] = set()
     for name in ("generation_config.json", "config.json"):
         path = folder / name

@@ -37,11 +37,11 @@ def tiny_export(tiny_target, tiny_draft, tmp_path_factory):
 def test_bench_writes_json_markdown_and_chart_with_speedups_against_the_baseline(tiny_export, tmp_path, capsys):
     report = tmp_path / "bench.json"
     assert cli.main(["bench", str(tiny_export), "--prompts", "humaneval:0-2", "--limit", "2",
-                     "--max-new-tokens", "12", "--configs", "target,target-int8;target,draft,lookup;target-int8",
+                     "--max-new-tokens", "12", "--configs", "target,target-int8;target,draft,lookup;target-int8;genai:target,draft",
                      "--json", str(report)]) == 0
     result = json.loads(report.read_text())
     names = [config["name"] for config in result["configs"]]
-    assert names == ["target", "target,target-int8", "target,draft,lookup", "target-int8"]
+    assert names == ["target", "target,target-int8", "target,draft,lookup", "target-int8", "genai:target,draft"]
     baseline = result["configs"][0]
     assert baseline["speedup"] == 1.0 and baseline["agreement"] == 1.0
     for config in result["configs"]:
@@ -51,6 +51,8 @@ def test_bench_writes_json_markdown_and_chart_with_speedups_against_the_baseline
     assert chains["target,target-int8"]["f32_exact"] is True
     assert chains["target,draft,lookup"]["f32_exact"] is True
     assert chains["target-int8"]["f32_exact"] is None  # a level alone is not the target: nothing to check
+    assert chains["genai:target,draft"]["engine"] == "openvino-genai"
+    assert chains["genai:target,draft"]["agreement"] > 0
     assert chains["target,target-int8"]["levels"][1]["drafted"] > 0
     assert result["prompts"] == 2
     assert "| target,target-int8 |" in capsys.readouterr().out
