@@ -37,6 +37,17 @@ def step_times(folder: ExportFolder, name: str, prompt: list[int], tokens: list[
     return result
 
 
+def prefill_ms(folder: ExportFolder, name: str, prompt: list[int]) -> float:
+    """Milliseconds to read the prompt into a fresh cache (after one warm-up read)."""
+    model = folder.model(name)
+    model.reset()
+    model.logits(prompt, 1)
+    model.reset()
+    started = time.perf_counter()
+    model.logits(prompt, 1)
+    return (time.perf_counter() - started) * 1000
+
+
 def greedy_continuation(folder: ExportFolder, text: str, tokens: int) -> tuple[list[int], list[int]]:
     """(prompt ids, the target's greedy continuation)."""
     return folder.encode(text), folder.pipeline(["target"]).generate(text, max_new_tokens=tokens).tokens

@@ -5,7 +5,7 @@ Cost model (greedy, each drafted token accepted independently with the measured 
   tokens and costs k * c(d) + t_v(k + 1), with t_v(n) the measured step time over n tokens;
 - c(d), the cost per token of a drafter, is t_d(1) for a bottom model level, 0 for prompt lookup, and for a
   level that drafts with its own drafter b: (k_b * c(b) + t_d(k_b + 1)) / E(k_b, a_db).
-The chain's speed is E / round time at the target. The chosen configuration is stored in the manifest so
+The chain's speed is new tokens / (every level's prompt read + new tokens * c(target chain)). The chosen configuration is stored in the manifest so
 that `generate` and `bench` use it by default.
 """
 
@@ -60,12 +60,14 @@ def cost_per_token(chain: list[str], k: dict[str, int], times: dict[str, dict[in
 
 
 def predict(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
-            agreement: dict[tuple[str, str], float]) -> float:
-    """Expected tokens per second of the chain under the cost model."""
-    return 1000.0 / cost_per_token(chain, k, times, agreement)
+            agreement: dict[tuple[str, str], float], prefill: dict[str, float] | None = None,
+            new_tokens: int = 128) -> float:
+    """Expected tokens per second of the chain under the cost model, every level's prompt read included."""
+    reads = sum((prefill or {}).get(name, 0.0) for name in chain)
+    return new_tokens * 1000.0 / (reads + new_tokens * cost_per_token(chain, k, times, agreement))
 
 
-def search(levels: list[str], times: dict, agreement: dict) -> list[Plan]:
+def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_tokens: int) -> list[Plan]:
     """Every chain of up to MAX_DRAFT_LEVELS model levels (any order), with or without lookup, every k."""
     plans = []
     drafts = [name for name in levels if name != "target"]
@@ -77,7 +79,7 @@ def search(levels: list[str], times: dict, agreement: dict) -> list[Plan]:
                     continue
                 for ks in itertools.product(K_CHOICES, repeat=len(chain) - 1):
                     k = dict(zip(chain[1:], ks))
-                    plans.append(Plan(chain, k, predict(chain, k, times, agreement)))
+                    plans.append(Plan(chain, k, predict(chain, k, times, agreement, prefill, new_tokens)))
     return sorted(plans, key=lambda plan: -plan.tokens_per_second)
 
 
@@ -87,12 +89,14 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     say(f"generating the target's greedy text on {len(texts)} prompts")
     samples = [profile.greedy_continuation(folder, text, new_tokens) for text in texts]
     sizes = sorted({1, 2, 3, 4, 6, 9, max(K_CHOICES) + 1})
-    times = {}
+    times, prefill = {}, {}
     for name in levels:
         times[name] = profile.step_times(folder, name, samples[0][0], sizes)
-        say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items()))
+        prefill[name] = profile.prefill_ms(folder, name, samples[0][0])
+        say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items())
+            + f"; prompt read {prefill[name]:.0f}")
     agreement = profile.agreements(folder, levels, samples)
-    plans = search(levels, times, agreement)
+    plans = search(levels, times, agreement, prefill, new_tokens)
     best = plans[0]
     say("best predicted: " + "; ".join(f"{','.join(p.chain)} k={p.k} {p.tokens_per_second:.1f} tok/s"
                                        for p in plans[:5]))
@@ -109,10 +113,12 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         "chain": best.chain,
         "k": best.k,
         "predicted_tokens_per_second": round(best.tokens_per_second, 2),
-        "predicted_speedup": round(best.tokens_per_second / predict(["target"], {}, times, agreement), 2),
+        "predicted_speedup": round(best.tokens_per_second /
+                                   predict(["target"], {}, times, agreement, prefill, new_tokens), 2),
         "measured_tokens_per_second": round(chosen, 2),
         "measured_speedup": round(chosen / baseline, 2),
         "step_ms": {name: {str(n): round(ms, 1) for n, ms in t.items()} for name, t in times.items()},
+        "prompt_read_ms": {name: round(ms, 1) for name, ms in prefill.items()},
         "agreement": {f"{upper}>{lower}": round(value, 3) for (upper, lower), value in agreement.items()},
     }
     folder.manifest.tuned = choice

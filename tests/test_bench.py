@@ -72,8 +72,11 @@ def test_the_cost_model_counts_committed_tokens_and_drafting_cost():
     times = {"target": {1: 100.0, 5: 100.0}, "draft": {1: 10.0, 5: 10.0}}
     always = {("target", "draft"): 1.0}
     # 4 drafted tokens at 10 ms, one 100 ms verify, 5 tokens committed: 28 ms per token.
-    assert abs(predict(["target", "draft"], {"draft": 4}, times, always) - 1000 / 28) < 1e-9
+    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, new_tokens=10) - 1000 / 28) < 1e-9
     assert predict(["target"], {}, times, always) == 10.0
+    # Reading the prompt costs every level once: 10 tokens at 28 ms plus 300 + 50 ms.
+    prefill = {"target": 300.0, "draft": 50.0}
+    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, prefill, 10) - 10_000 / 630) < 1e-9
 
 
 def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
