@@ -5,8 +5,8 @@ Cost model (greedy, each drafted token accepted independently with the measured 
   tokens and costs k * c(d) + t_v(k + 1), with t_v(n) the measured step time over n tokens;
 - c(d), the cost per token of a drafter, is t_d(1) for a bottom model level, 0 for prompt lookup, and for a
   level that drafts with its own drafter b: (k_b * c(b) + t_d(k_b + 1)) / E(k_b, a_db).
-The chain's speed is new tokens / (every level's prompt read + new tokens * c(target chain)). The chosen configuration is stored in the manifest so
-that `generate` and `bench` use it by default.
+The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The chosen
+configuration is stored in the manifest so that `generate` and `bench` use it by default.
 """
 
 from __future__ import annotations
