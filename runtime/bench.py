@@ -8,11 +8,15 @@ noisy: interleaving makes drift hit every configuration alike. Our configuration
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import openvino as ov
 
 from .genai_engine import GenAIConfig
 from .pipeline import LOOKUP, ExportFolder, GenerationError, Pipeline
@@ -148,6 +152,8 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
             "f32_exact": config.f32_exact,
         })
     return {
+        "command": "specqd " + " ".join(sys.argv[1:]),
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "export": str(folder.path),
         "prompts": len(prompts),
@@ -156,6 +162,14 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "configs": configs,
     }
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    cpu = names[0] if names else platform.processor() or "unknown CPU"
+    return f"{cpu}, {os.cpu_count()} cores, OpenVINO {ov.get_version().split('-')[0]}"
 
 
 def agreement(outputs: list[list[int]], reference: list[list[int]]) -> float:
@@ -167,8 +181,9 @@ def agreement(outputs: list[list[int]], reference: list[list[int]]) -> float:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['prompts']} prompts × {result['max_new_tokens']} new tokens, {result['date']}, "
-             f"process peak memory {result['peak_memory_mb']} MB",
+    lines = [f"`{result['command']}`", "",
+             f"{result['prompts']} prompts × {result['max_new_tokens']} new tokens, {result['date']}, "
+             f"{result['machine']}, process peak memory {result['peak_memory_mb']} MB",
              "",
              "| configuration | engine | tok/s | speedup | agreement | tokens/target pass | acceptance by level | "
              "weights GB | f32 exact |",
