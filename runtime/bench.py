@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import openvino as ov
 
@@ -83,19 +84,20 @@ def available_configs(folder: ExportFolder, names: list[str]) -> list[str]:
     return [name for name in names if set(name.removeprefix(GENAI).split(",")) <= levels]
 
 
-def make_run(folder: ExportFolder, name: str, controls: dict[str, DraftControls]) -> ConfigRun:
+def make_run(folder: ExportFolder, name: str, controls: Callable[[list[str]], dict[str, DraftControls]]) -> ConfigRun:
     chain = name.removeprefix(GENAI).split(",")
     if name.startswith(GENAI):
         level_dir = {level.name: folder.path / level.path for level in folder.manifest.levels}
         draft = chain[1] if len(chain) > 1 else None
         config = GenAIConfig(target=level_dir[chain[0]], draft=level_dir.get(draft), prompt_lookup=draft == LOOKUP)
         return ConfigRun(name, "openvino-genai", chain, config, folder)
-    pipeline = folder.pipeline(chain, {level: control for level, control in controls.items() if level in chain})
+    pipeline = folder.pipeline(chain, controls(chain))
     return ConfigRun(name, "specqd", chain, pipeline, folder)
 
 
 def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_tokens: int, sampling: Sampling,
-        controls: dict[str, DraftControls], f32_prompts: int = 0) -> dict:
+        controls: Callable[[list[str]], dict[str, DraftControls]], f32_prompts: int = 0) -> dict:
+    """`controls` gives each chain its drafting controls (the CLI merges tuned defaults and options)."""
     if BASELINE not in names:
         names = [BASELINE, *names]
     runs = [make_run(folder, name, controls) for name in names]
@@ -212,7 +214,7 @@ def bar_chart(result: dict, path: Path) -> None:
     axis.barh([c["name"] for c in configs], [c["speedup"] for c in configs], color=colors)
     axis.axvline(1.0, color="black", linewidth=0.8)
     axis.invert_yaxis()
-    axis.set_xlabel("speedup over our BF16 target alone (blue: specqd, orange: openvino-genai)")
+    axis.set_xlabel("speedup over our BF16 target alone\n(blue: specqd, orange: openvino-genai)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

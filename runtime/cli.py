@@ -21,16 +21,18 @@ def _per_level(text: str, kind: type) -> dict[str, object]:
     return {name.strip(): kind(value) for name, value in pairs}
 
 
-def _controls(levels: list[str], args: argparse.Namespace, folder: ExportFolder) -> dict[str, DraftControls]:
-    """The folder's defaults (tuned or built-in) for each drafting level, with what the options override."""
+def _check_level_names(args: argparse.Namespace, allowed: list[str]) -> None:
     for option, values in (("--k", args.k), ("--confidence", args.confidence)):
-        unknown = set(values or {}) - set(levels) - {"*"}
+        unknown = set(values or {}) - set(allowed) - {"*"}
         if unknown:
             raise GenerationError(f"{option}: {', '.join(sorted(unknown))} is not a draft level here "
-                                  f"({', '.join(levels)})")
+                                  f"({', '.join(allowed)})")
+
+
+def _controls(chain: list[str], args: argparse.Namespace, folder: ExportFolder) -> dict[str, DraftControls]:
+    """The chain's defaults (tuned or built-in), with what the options override."""
     controls = {}
-    for name in levels:
-        control = folder.default_controls(name)
+    for name, control in folder.default_controls(chain).items():
         k = (args.k or {}).get(name, (args.k or {}).get("*", control.k))
         confidence = (args.confidence or {}).get(name, (args.confidence or {}).get("*", control.confidence))
         controls[name] = DraftControls(k=k, confidence=confidence, adaptive=args.adaptive or control.adaptive)
@@ -109,7 +111,8 @@ def _generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
     folder = ExportFolder(args.out_dir, precision=args.precision)
     chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
-    pipe = folder.pipeline(chain, _controls(chain[1:], args, folder))
+    _check_level_names(args, chain[1:])
+    pipe = folder.pipeline(chain, _controls(chain, args, folder))
     stream = pipe.stream(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
                          stop=tuple(args.stop), chat=args.chat)
     for piece in stream:
@@ -131,8 +134,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise GenerationError(f"--configs: {', '.join(sorted(missing))} use levels this export lacks")
     texts = prompts.load(args.prompts)[:args.limit]
     sampling = _sampling(args)
-    drafting_levels = [level.name for level in folder.manifest.levels if level.name != "target"] + ["lookup"]
-    result = bench.run(folder, selected, texts, args.max_new_tokens, sampling, _controls(drafting_levels, args, folder),
+    _check_level_names(args, [level.name for level in folder.manifest.levels if level.name != "target"] + ["lookup"])
+    result = bench.run(folder, selected, texts, args.max_new_tokens, sampling,
+                       lambda chain: _controls(chain, args, folder),
                        f32_prompts=args.f32_prompts if sampling.greedy else 0)
     bench.write_outputs(result, args.json)
     return 0

@@ -74,10 +74,12 @@ class ExportFolder:
         names = chain.split(",") if isinstance(chain, str) else chain
         return Pipeline(self, names or default_chain(self.manifest), controls or {})
 
-    def default_controls(self, name: str) -> DraftControls:
-        """`specqd tune`'s draft length for the level when the export was tuned, else the built-in default."""
-        tuned_k = (self.manifest.tuned or {}).get("k", {})
-        return DraftControls(k=tuned_k[name]) if name in tuned_k else DraftControls()
+    def default_controls(self, chain: list[str]) -> dict[str, DraftControls]:
+        """`specqd tune`'s draft lengths for the chain it chose; other chains get the built-in defaults."""
+        tuned = self.manifest.tuned or {}
+        if tuned.get("chain") != chain:
+            return {name: DraftControls() for name in chain[1:]}
+        return {name: DraftControls(k=tuned["k"][name]) for name in chain[1:]}
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
@@ -100,8 +102,9 @@ class Pipeline:
         self.chain = chain
         self.levels: list[ModelLevel | PromptLookup] = []
         below = None
+        defaults = folder.default_controls(chain)
         for name in reversed(chain):
-            control = controls.get(name) or folder.default_controls(name)
+            control = controls.get(name) or defaults.get(name, DraftControls())
             level = PromptLookup(control) if name == LOOKUP else ModelLevel(name, folder.model(name), below, control)
             self.levels.insert(0, level)
             below = level
