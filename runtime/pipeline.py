@@ -182,6 +182,7 @@ class Pipeline:
             "levels": [level.stats.summary() for level in self.levels],
         })
 
+
 def default_chain(manifest: Manifest) -> list[str]:
     """The chain `specqd tune` chose; untuned, ML-SpecQD's: target ← its MXFP4 copy ← the small draft."""
     if manifest.tuned:
