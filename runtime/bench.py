@@ -98,8 +98,7 @@ def make_run(folder: ExportFolder, name: str, controls: Callable[[list[str]], di
 def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_tokens: int, sampling: Sampling,
         controls: Callable[[list[str]], dict[str, DraftControls]], f32_prompts: int = 0) -> dict:
     """`controls` gives each chain its drafting controls (the CLI merges tuned defaults and options)."""
-    if BASELINE not in names:
-        names = [BASELINE, *names]
+    names = [BASELINE, *(name for name in names if name != BASELINE)]  # the baseline comes first
     runs = [make_run(folder, name, controls) for name in names]
     if not sampling.greedy and any(config.engine != "specqd" for config in runs):
         raise GenerationError("openvino-genai configurations run greedy only (its speculative sampling has open "
