@@ -13,7 +13,7 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,15 @@ DEFAULT_CONFIGS = (
 
 
 @dataclass
+class Sample:
+    """One configuration on one prompt."""
+    tokens: list[int]
+    seconds: float
+    target_passes: int
+    levels: list[LevelStats]  # ours only
+
+
+@dataclass
 class ConfigRun:
     name: str
     engine: str
@@ -51,24 +60,52 @@ class ConfigRun:
     target_passes: int = 0
     f32_exact: bool | None = None
 
-    def generate(self, prompt: str, max_new_tokens: int, sampling: Sampling, record: bool = True) -> None:
-        if isinstance(self.runner, Pipeline):
-            result = self.runner.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
-            tokens, seconds, passes = result.tokens, result.stats["seconds"], result.stats["levels"][0]["forward_passes"]
-        else:
-            tokens, seconds, passes = _run_genai(self.runner, self.folder.encode(prompt), max_new_tokens)
-        if not record:
-            return
-        if isinstance(self.runner, Pipeline):
-            if not self.levels:
-                self.levels = [LevelStats(level.name) for level in self.runner.levels]
-            for total, level in zip(self.levels, self.runner.levels):
-                total.add(level.stats)
-        self.outputs.append(tokens)
-        self.seconds += seconds
-        self.target_passes += passes
+    def measure(self, prompt: str, max_new_tokens: int, sampling: Sampling) -> Sample:
+        if not isinstance(self.runner, Pipeline):
+            return _run_genai(self.runner, self.folder.encode(prompt), max_new_tokens)
+        result = self.runner.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
+        return Sample(result.tokens, result.stats["seconds"], result.stats["levels"][0]["forward_passes"],
+                      [level.stats for level in self.runner.levels])
 
-def _run_genai(config: GenAIConfig, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], float, int]:
+    def record(self, sample: Sample) -> None:
+        if not self.levels:
+            self.levels = [LevelStats(level.name) for level in sample.levels]
+        for total, level in zip(self.levels, sample.levels):
+            total.add(level)
+        self.outputs.append(sample.tokens)
+        self.seconds += sample.seconds
+        self.target_passes += sample.target_passes
+
+
+class Journal:
+    """Per-prompt results appended as they complete, so an interrupted run resumes where it stopped.
+
+    A full development split takes hours here; the first line holds the run's settings, and a journal
+    whose settings differ is started afresh.
+    """
+
+    def __init__(self, path: Path, settings: dict):
+        self.path = path
+        self.settings = settings
+
+    def completed(self) -> list[dict[str, Sample]]:
+        if not self.path.exists():
+            return []
+        lines = self.path.read_text().splitlines()
+        if not lines or json.loads(lines[0]) != self.settings:
+            self.path.unlink()
+            return []
+        return [{name: Sample(s["tokens"], s["seconds"], s["target_passes"], [LevelStats(**l) for l in s["levels"]])
+                 for name, s in json.loads(line).items()} for line in lines[1:]]
+
+    def append(self, samples: dict[str, Sample]) -> None:
+        if not self.path.exists():
+            self.path.write_text(json.dumps(self.settings) + "\n")
+        with self.path.open("a") as journal:
+            journal.write(json.dumps({name: asdict(sample) for name, sample in samples.items()}) + "\n")
+
+
+def _run_genai(config: GenAIConfig, prompt_ids: list[int], max_new_tokens: int) -> Sample:
     """Each openvino-genai pipeline holds its own copy of the target (6-9 GB here), so one is loaded at a
     time: built for this prompt, warmed up, timed, and dropped."""
     from .genai_engine import GenAIEngine
@@ -76,7 +113,7 @@ def _run_genai(config: GenAIConfig, prompt_ids: list[int], max_new_tokens: int) 
     engine = GenAIEngine(config)
     engine.generate(prompt_ids, 8)
     result = engine.generate(prompt_ids, max_new_tokens)
-    return result.tokens, result.seconds, result.target_steps or len(result.tokens)
+    return Sample(result.tokens, result.seconds, result.target_steps or len(result.tokens), [])
 
 
 def available_configs(folder: ExportFolder, names: list[str]) -> list[str]:
@@ -96,23 +133,37 @@ def make_run(folder: ExportFolder, name: str, controls: Callable[[list[str]], di
 
 
 def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_tokens: int, sampling: Sampling,
-        controls: Callable[[list[str]], dict[str, DraftControls]], f32_prompts: int = 0) -> dict:
-    """`controls` gives each chain its drafting controls (the CLI merges tuned defaults and options)."""
+        controls: Callable[[list[str]], dict[str, DraftControls]], f32_prompts: int = 0,
+        journal: Path | None = None) -> dict:
+    """`controls` gives each chain its drafting controls (the CLI merges tuned defaults and options);
+    `journal` keeps per-prompt results so that the same command resumes an interrupted run."""
     names = [BASELINE, *(name for name in names if name != BASELINE)]  # the baseline comes first
     runs = [make_run(folder, name, controls) for name in names]
     if not sampling.greedy and any(config.engine != "specqd" for config in runs):
         raise GenerationError("openvino-genai configurations run greedy only (its speculative sampling has open "
                               "bugs): drop them from --configs or sample without them")
+    settings = {"export": str(folder.path), "configs": names, "prompts": prompts, "max_new_tokens": max_new_tokens,
+                "sampling": asdict(sampling)}
+    log = Journal(journal, settings) if journal else None
+    done = log.completed() if log else []
+    for samples in done:
+        for config in runs:
+            config.record(samples[config.name])
+    if done:
+        say(f"resuming after {len(done)} prompts from {journal}")
     say(f"warming up {len(runs)} configurations")
     for config in runs:
         if config.engine == "specqd":
-            config.generate(prompts[0], 8, sampling, record=False)
+            config.measure(prompts[0], 8, sampling)
     started = time.perf_counter()
-    for index, prompt in enumerate(prompts, start=1):
+    for index in range(len(done), len(prompts)):
+        samples = {config.name: config.measure(prompts[index], max_new_tokens, sampling) for config in runs}
         for config in runs:
-            config.generate(prompt, max_new_tokens, sampling)
+            config.record(samples[config.name])
+        if log:
+            log.append(samples)
         line = "  ".join(f"{c.name} {sum(map(len, c.outputs)) / c.seconds:.1f}" for c in runs)
-        say(f"[{index}/{len(prompts)}] {time.perf_counter() - started:.0f} s  tok/s: {line}")
+        say(f"[{index + 1}/{len(prompts)}] {time.perf_counter() - started:.0f} s  tok/s: {line}")
     if f32_prompts:
         check_f32(folder.path, runs, prompts[:f32_prompts], max_new_tokens)
     return report(folder, runs, prompts, max_new_tokens, sampling)
@@ -159,7 +210,7 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
         "export": str(folder.path),
         "prompts": len(prompts),
         "max_new_tokens": max_new_tokens,
-        "sampling": sampling.__dict__,
+        "sampling": asdict(sampling),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "configs": configs,
     }
@@ -218,9 +269,14 @@ def bar_chart(result: dict, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def journal_path(json_path: Path) -> Path:
+    return json_path.with_suffix(".partial.jsonl")
+
+
 def write_outputs(result: dict, json_path: Path | None) -> None:
     print(markdown(result))
     if json_path:
+        journal_path(json_path).unlink(missing_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         json_path.with_suffix(".md").write_text(markdown(result) + "\n")
         bar_chart(result, json_path.with_suffix(".png"))

@@ -84,7 +84,9 @@ def parser() -> argparse.ArgumentParser:
                                            "(default: the full list the export allows)")
     measure.add_argument("--f32-prompts", type=int, default=2,
                          help="prompts of the f32 token-exactness check of our chains (0: skip)")
-    measure.add_argument("--json", type=Path, metavar="PATH", help="also write PATH, PATH.md and PATH.png")
+    measure.add_argument("--json", type=Path, metavar="PATH",
+                         help="also write PATH, PATH.md and PATH.png; results are journaled per prompt beside PATH "
+                              "so the same command resumes an interrupted run")
 
     tune = commands.add_parser("tune", parents=[folder_arg], help="choose the fastest chain and draft lengths "
                                                                   "and store them as this export's defaults")
@@ -137,7 +139,8 @@ def _bench(args: argparse.Namespace) -> int:
     _check_level_names(args, [level.name for level in folder.manifest.levels if level.name != "target"] + ["lookup"])
     result = bench.run(folder, selected, texts, args.max_new_tokens, sampling,
                        lambda chain: _controls(chain, args, folder),
-                       f32_prompts=args.f32_prompts if sampling.greedy else 0)
+                       f32_prompts=args.f32_prompts if sampling.greedy else 0,
+                       journal=bench.journal_path(args.json) if args.json else None)
     bench.write_outputs(result, args.json)
     return 0
 
