@@ -106,7 +106,7 @@ class Journal:
 
 
 def _run_genai(config: GenAIConfig, prompt_ids: list[int], max_new_tokens: int) -> Sample:
-    """Each openvino-genai pipeline holds its own copy of the target (6-9 GB here), so one is loaded at a
+    """Each openvino-genai pipeline holds its own copy of the models, so only one is loaded at a
     time: built for this prompt, warmed up, timed, and dropped."""
     from .genai_engine import GenAIEngine
 

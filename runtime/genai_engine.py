@@ -7,8 +7,7 @@ not text, so they can be compared token by token with our greedy output. Prompts
 tokenized (an ov.Tensor of input_ids): genai 2026.4 then applies no chat template and returns EncodedResults.
 
 Speculative modes (a draft IR, or prompt lookup) run on genai's continuous-batching (paged attention)
-backend; on CPU the plain pipeline uses that backend too unless attention_backend="SDPA" asks for the
-stateful one. genai's own accepted-token counter skips the final round of a request (seen in 2026.4.1),
+backend; on CPU the plain pipeline uses that backend too. genai's own accepted-token counter skips the final round of a request (seen in 2026.4.1),
 so `accepted_tokens` is derived instead: every target step emits its accepted draft tokens plus one.
 """
 
@@ -32,8 +31,6 @@ class GenAIConfig:
     num_assistant_tokens: int = 5    # draft tokens per step (genai's default is 5)
     max_ngram_size: int = 3
     precision: str = "bf16"          # INFERENCE_PRECISION_HINT, as in runtime.kvmodel ("bf16" or "f32")
-    threads: int = 0                 # INFERENCE_NUM_THREADS; 0 keeps the plugin's default
-    attention_backend: str | None = None  # "PA" or "SDPA" for the plain pipeline; None keeps genai's choice
 
 
 @dataclass
@@ -44,9 +41,6 @@ class GenAIResult:
     draft_seconds: float | None          # draft model inference time (speculative decoding with a draft IR)
     target_seconds: float | None = None  # target inference time as genai reports it (None when it reports 0)
     target_steps: int | None = None      # target model forward passes that emitted tokens
-    genai_accepted_tokens: int | None = None  # genai's own counters (draft IR only; miss the final round)
-    genai_draft_tokens: int | None = None
-    finish_reason: str = ""
 
 
 class GenAIEngine:
@@ -59,15 +53,11 @@ class GenAIEngine:
         self._genai = openvino_genai
         device: dict[str, Any] = {"INFERENCE_PRECISION_HINT": config.precision, "NUM_STREAMS": 1,
                                   "KV_CACHE_PRECISION": "f16" if config.precision == "bf16" else "f32"}
-        if config.threads:
-            device["INFERENCE_NUM_THREADS"] = config.threads
         options = dict(device)
         if config.draft is not None:
             options["draft_model"] = openvino_genai.draft_model(str(config.draft), "CPU", **device)
         elif config.prompt_lookup:
             options["prompt_lookup"] = True
-        elif config.attention_backend:
-            options["ATTENTION_BACKEND"] = config.attention_backend
         self.pipe = openvino_genai.LLMPipeline(str(config.target), "CPU", **options)
         self.tokenizer = self.pipe.get_tokenizer()
         self.eos_ids = eos_ids(Path(config.target))
@@ -108,7 +98,4 @@ class GenAIEngine:
             accepted_tokens=len(tokens) - steps if speculative and steps else None,
             draft_seconds=extended.draft_model_metrics.get_inference_duration().mean / 1000 if extended else None,
             target_seconds=target_ms / 1000 if target_ms > 0 else None,
-            target_steps=steps,
-            genai_accepted_tokens=extended.get_num_accepted_tokens() if extended else None,
-            genai_draft_tokens=extended.get_num_draft_tokens() if extended else None,
-            finish_reason=result.finish_reasons[0].name.lower())
+            target_steps=steps)
