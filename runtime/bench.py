@@ -165,13 +165,13 @@ def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_toke
         line = "  ".join(f"{c.name} {sum(map(len, c.outputs)) / c.seconds:.1f}" for c in runs)
         say(f"[{index + 1}/{len(prompts)}] {time.perf_counter() - started:.0f} s  tok/s: {line}")
     if f32_prompts:
-        check_f32(folder.path, runs, prompts[:f32_prompts], max_new_tokens)
+        check_f32(folder.path, runs, prompts[:f32_prompts], max_new_tokens, folder.mxfp4_kernel)
     return report(folder, runs, prompts, max_new_tokens, sampling)
 
 
-def check_f32(path: Path, runs: list[ConfigRun], prompts: list[str], max_new_tokens: int) -> None:
+def check_f32(path: Path, runs: list[ConfigRun], prompts: list[str], max_new_tokens: int, mxfp4_kernel: bool) -> None:
     """Our chains must give the target's own greedy tokens exactly when every level computes in f32."""
-    folder = ExportFolder(path, precision="f32")
+    folder = ExportFolder(path, precision="f32", mxfp4_kernel=mxfp4_kernel)
     tokens = min(max_new_tokens, 32)
     expected = [folder.pipeline([BASELINE]).generate(p, max_new_tokens=tokens).tokens for p in prompts]
     for config in runs:

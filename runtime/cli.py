@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import bench, prompts
 from .manifest import ManifestError
+from .mxfp4_kernel import KernelBuildError, build
 from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
 from .speculative import DraftControls
@@ -52,6 +53,8 @@ def _sampling(args: argparse.Namespace) -> Sampling:
 def parser() -> argparse.ArgumentParser:
     folder_arg = argparse.ArgumentParser(add_help=False)
     folder_arg.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
+    folder_arg.add_argument("--mxfp4-kernel", choices=("specqd", "openvino"), default="specqd",
+                            help="MXFP4 matmuls on specqd's kernel (default, when built) or OpenVINO's own")
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--max-new-tokens", type=int, default=128)
     shared.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
@@ -97,21 +100,33 @@ def parser() -> argparse.ArgumentParser:
     profile_.add_argument("--levels", help="comma-separated level names (default: all)")
     profile_.add_argument("--tokens", default="1,2,4,8", help="tokens per step to measure (default 1,2,4,8)")
     profile_.add_argument("--json", action="store_true")
+
+    commands.add_parser("build-kernel", help="compile specqd's MXFP4 kernel into the cache (needs cmake and g++)")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile}[args.command](args)
-    except (GenerationError, ManifestError, prompts.PromptSpecError) as error:
+        return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile,
+                "build-kernel": _build_kernel}[args.command](args)
+    except (GenerationError, ManifestError, prompts.PromptSpecError, KernelBuildError) as error:
         print(f"specqd: error: {error}", file=sys.stderr)
         return 1
 
 
+def _folder(args: argparse.Namespace, precision: str = "bf16") -> ExportFolder:
+    return ExportFolder(args.out_dir, precision=precision, mxfp4_kernel=args.mxfp4_kernel == "specqd")
+
+
+def _build_kernel(args: argparse.Namespace) -> int:
+    print(build())
+    return 0
+
+
 def _generate(args: argparse.Namespace) -> int:
     sampling = _sampling(args)
-    folder = ExportFolder(args.out_dir, precision=args.precision)
+    folder = _folder(args, args.precision)
     chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
     _check_level_names(args, chain[1:])
     pipe = folder.pipeline(chain, _controls(chain, args, folder))
@@ -129,7 +144,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    folder = ExportFolder(args.out_dir)
+    folder = _folder(args)
     selected = bench.available_configs(folder, args.configs.split(";") if args.configs else bench.DEFAULT_CONFIGS)
     if args.configs and len(selected) != len(args.configs.split(";")):
         missing = set(args.configs.split(";")) - set(selected)
@@ -148,7 +163,7 @@ def _bench(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
-    choice = tune(ExportFolder(args.out_dir), prompts.load(args.prompts), args.max_new_tokens)
+    choice = tune(_folder(args), prompts.load(args.prompts), args.max_new_tokens)
     print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}\n"
           f"predicted {choice['predicted_tokens_per_second']} tok/s ({choice['predicted_speedup']}x), "
           f"measured {choice['measured_tokens_per_second']} tok/s ({choice['measured_speedup']}x over the target "
@@ -157,15 +172,15 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profile import KERNEL, step_times
+    from .profile import step_times
 
-    folder = ExportFolder(args.out_dir)
+    folder = _folder(args)
     names = args.levels.split(",") if args.levels else [level.name for level in folder.manifest.levels]
     tokens = [int(n) for n in args.tokens.split(",")]
     prompt = folder.encode(prompts.load("humaneval:0-0")[0] * 2)
-    levels = [{"name": name, "kernel": KERNEL, "step_ms": {str(n): round(ms, 1) for n, ms in
-                                                          step_times(folder, name, prompt, tokens).items()}}
-              for name in names]
+    levels = [{"name": name, "step_ms": {str(n): round(ms, 1) for n, ms in
+                                         step_times(folder, name, prompt, tokens).items()},
+               "kernel": folder.model(name).kernel} for name in names]
     if args.json:
         print(json.dumps({"levels": levels}))
     else:
@@ -182,7 +197,8 @@ def format_stats(chain: list[str], stats: dict) -> str:
              f"{stats['tokens_per_second']:.2f} tok/s (first token {stats['time_to_first_token']:.2f} s, "
              f"peak memory {stats['peak_memory_mb']} MB)"]
     for level in stats["levels"]:
-        line = f"  {level['level']:<16} {level['forward_passes']:>4} passes {level['seconds']:>7.2f} s"
+        line = (f"  {level['level']:<16} {level['kernel']:<13} {level['forward_passes']:>4} passes "
+                f"{level['seconds']:>7.2f} s")
         if level["drafted"]:
             line += (f"  drafted {level['drafted']:>4} accepted {level['accepted']:>4} "
                      f"({level['acceptance_rate']:.0%})")

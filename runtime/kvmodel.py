@@ -14,19 +14,23 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from .mxfp4_kernel import Kernel
+
 PRECISIONS = ("bf16", "f32")
 COMPACTION_SLACK = 64  # dead slots tolerated beyond as many as there are live ones
 LOGITS_COUNT = "logits_count"
 
 
 class KVModel:
-    def __init__(self, core: ov.Core, folder: Path, precision: str, threads: int = 0):
+    def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0):
         config = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": "f16" if precision == "bf16" else "f32",
                   "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(_logits_for_last_positions(core.read_model(folder / "openvino_model.xml")),
-                                           "CPU", config)
+        ir = kernel.read_model(core, folder / "openvino_model.xml", precision)
+        self.kernel = ir.kernel
+        self.compiled = core.compile_model(_logits_for_last_positions(ir.model), "CPU", config)
+        self._weights = ir.weights
         self.request = self.compiled.create_infer_request()
         self.cached: list[int] = []          # tokens whose keys and values are live in the cache, in order
         self.mask = np.zeros(0, np.int64)    # one entry per physical cache slot: 1 live, 0 rolled back
@@ -83,7 +87,7 @@ def _logits_for_last_positions(model: ov.Model) -> ov.Model:
     """
     logits = next(output for output in model.outputs if "logits" in output.get_names())
     lm_head = logits.get_node().input_value(0).get_node()
-    if lm_head.get_type_name() != "MatMul":
+    if lm_head.get_type_name() not in ("MatMul", "MXFP4MatMul"):
         raise ValueError(f"unexpected IR: logits come from {lm_head.get_type_name()}, not the lm_head MatMul")
     count = ops.parameter([1], ov.Type.i64, name=LOGITS_COUNT)
     count.output(0).set_names({LOGITS_COUNT})

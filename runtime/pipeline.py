@@ -20,6 +20,7 @@ import openvino as ov
 import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations with OpenVINO)
 
 from .kvmodel import PRECISIONS, KVModel
+from .mxfp4_kernel import Kernel
 from .manifest import Manifest, ManifestError
 from .sampling import Sampling
 from .speculative import DraftControls, ModelLevel, PromptLookup
@@ -45,14 +46,18 @@ class ExportFolder:
     compiling the target once per chain); each generation starts by resetting the caches it uses.
     """
 
-    def __init__(self, folder: str | Path, precision: str = "bf16", threads: int = 0):
+    def __init__(self, folder: str | Path, precision: str = "bf16", threads: int = 0, mxfp4_kernel: bool = True):
         if precision not in PRECISIONS:
             raise GenerationError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
         self.path = Path(folder)
         self.manifest = Manifest.read(self.path)
         self.precision = precision
         self.threads = threads
+        self.mxfp4_kernel = mxfp4_kernel
         self.core = ov.Core()
+        # MXFP4 levels run on specqd's kernel when it is built and this CPU has AVX512-BF16 (mxfp4_kernel.py).
+        self.kernel = Kernel.find() if mxfp4_kernel else Kernel(None, "turned off")
+        self.kernel.register(self.core)
         target_dir = self.path / self.manifest.level("target").path
         self.tokenizer = self.core.compile_model(target_dir / "openvino_tokenizer.xml", "CPU")
         self.detokenizer = self.core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
@@ -65,7 +70,7 @@ class ExportFolder:
     def model(self, name: str) -> KVModel:
         if name not in self._models:
             level_dir = self.path / self.manifest.level(name).path
-            self._models[name] = KVModel(self.core, level_dir, self.precision, self.threads)
+            self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads)
         return self._models[name]
 
     def pipeline(self, chain: str | list[str] | None = None,
@@ -179,8 +184,12 @@ class Pipeline:
             "tokens_per_second": round(len(generated) / elapsed, 2),
             "python_overhead_seconds": round(elapsed - level_seconds, 3),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "levels": [level.stats.summary() for level in self.levels],
+            "levels": [level.stats.summary() | {"kernel": _kernel(level)} for level in self.levels],
         })
+
+
+def _kernel(level: ModelLevel | PromptLookup) -> str:
+    return level.model.kernel if isinstance(level, ModelLevel) else "-"
 
 
 def default_chain(manifest: Manifest) -> list[str]:

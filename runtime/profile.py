@@ -15,8 +15,6 @@ import numpy as np
 from .pipeline import LOOKUP, ExportFolder
 from .speculative import DraftControls, PromptLookup
 
-KERNEL = "openvino-cpu"  # the plugin's own FullyConnected kernels; named per level for when there are others
-
 
 def step_times(folder: ExportFolder, name: str, prompt: list[int], tokens: list[int],
                repeats: int = 5) -> dict[int, float]:

@@ -16,8 +16,8 @@ namespace specqd {
 namespace {
 
 
-constexpr int kMinScale = 104;  // e2m1 x 2^(s-127) is exact in f16 (OpenVINO's decompression type)
-constexpr int kMaxScale = 140;  // and in bf16 with the exponent-add decoder, for s in [104, 140]
+constexpr int kMinScale = 2;    // e2m1 x 2^(s-127) stays a normal bf16 number, so the exponent-add decoder
+constexpr int kMaxScale = 252;  // is exact, for s in [2, 252]
 
 // Where a pass reads and writes: `blocks` blocks of a tile's stream, activation rows `x_stride` apart, outputs
 // rows `y_stride` apart; the first span of the inner dimension stores, later ones add.

@@ -40,8 +40,9 @@ void pack(const std::uint8_t* nibbles, const std::uint8_t* scales, std::size_t i
 void mxfp4_matmul(const float* x, std::size_t rows, std::size_t inner, const PackedMxfp4& w, float* y,
                   Activations mode);
 
-// The bf16 decoder adds the scale exponent to the e2m1 value's exponent bits, and OpenVINO decompresses
-// through f16: both are exact only for scales in [104, 140]. Weights with other scales stay on OpenVINO's path.
+// The bf16 decoder adds the scale exponent to the e2m1 value's exponent bits, which is exact while the product
+// stays a normal bf16 number: scales in [2, 252]. Weights with other scales stay on OpenVINO's path. (OpenVINO
+// itself decompresses through f16, which rounds products below 2^-24: a few scales of real layers go there.)
 bool scales_supported(const std::uint8_t* scales, std::size_t count);
 
 // True when this CPU has the instructions the kernel is compiled for (AVX-512 F/BW/VL and AVX512-BF16).

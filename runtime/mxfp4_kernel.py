@@ -1,0 +1,208 @@
+"""specqd's MXFP4 matmul (runtime/csrc) for MXFP4 levels: building it, loading it, and pointing an IR at it.
+
+OpenVINO's CPU plugin decompresses MXFP4 weights once per activation row, so a verify step over 8 tokens costs
+about 3x a step over 1 and an MXFP4 middle level is as slow as the BF16 target when it verifies. The kernel
+decodes each block of 32 weights once for all rows (docs/mxfp4-kernel.md has the per-shape figures).
+
+The kernel is an OpenVINO extension library built by `specqd build-kernel` (scripts/setup.sh runs it) into
+the cache. An MXFP4 IR is rewritten as text before it is read: every MatMul fed by NNCF's MXFP4 decompression
+subgraph becomes an MXFP4MatMul fed by u8 views of the same bytes of the .bin, so nothing is copied or saved.
+Without the library, on a CPU without AVX512-BF16, or for weights whose scales the kernel cannot represent
+exactly, a level keeps OpenVINO's own path; the log line says which path each level runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+
+from specqd.models.cache import atomic_path, cache_root, say
+
+OPENVINO_KERNEL = "openvino-cpu"
+SPECQD_KERNEL = "specqd-mxfp4"
+SOURCES = Path(__file__).parent / "csrc"
+LIBRARY = "libspecqd_mxfp4.so"
+TILE = 4                     # outputs per tile in the kernel's packed layout (kTile)
+SCALES = (2, 252)            # e8m0 scales the kernel represents exactly (scales_supported)
+
+
+def library_path() -> Path:
+    """One build per OpenVINO version and kernel source, so an upgrade of either rebuilds."""
+    digest = hashlib.sha256()
+    for source in sorted(SOURCES.iterdir()):
+        digest.update(source.name.encode() + source.read_bytes())
+    return cache_root() / "kernels" / f"openvino-{ov.get_version().split('-')[0]}-{digest.hexdigest()[:12]}" / LIBRARY
+
+
+class KernelBuildError(RuntimeError):
+    pass
+
+
+def build() -> Path:
+    """Compile the extension with CMake against the installed openvino wheel (headers, CMake config, TBB)."""
+    target = library_path()
+    if target.exists():
+        say(f"MXFP4 kernel: already built at {target}")
+        return target
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            raise KernelBuildError(f"building the MXFP4 kernel needs {tool}: install it (Debian: apt install cmake g++)")
+    openvino_cmake = Path(ov.__file__).parent / "cmake"
+    with tempfile.TemporaryDirectory() as build_dir:
+        say(f"MXFP4 kernel: building {SOURCES} against {openvino_cmake}")
+        for step in (["cmake", "-S", str(SOURCES), "-B", build_dir, f"-DOpenVINO_DIR={openvino_cmake}"],
+                     ["cmake", "--build", build_dir, "-j2"]):
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode:
+                raise KernelBuildError(f"building the MXFP4 kernel failed at `{' '.join(step)}`:\n{done.stdout}{done.stderr}")
+        with atomic_path(target) as scratch:
+            shutil.copy2(Path(build_dir) / LIBRARY, scratch)
+    say(f"MXFP4 kernel: built {target}")
+    return target
+
+
+@dataclass
+class Kernel:
+    """The kernel as one process sees it: a loaded library, or the reason OpenVINO's path runs instead."""
+    library: ctypes.CDLL | None
+    unavailable: str = ""
+
+    @classmethod
+    def find(cls) -> Kernel:
+        path = library_path()
+        if not path.exists():
+            return cls(None, "not built (run `specqd build-kernel`)")
+        library = ctypes.CDLL(str(path))
+        if not library.specqd_mxfp4_cpu_supported():
+            return cls(None, "this CPU lacks AVX-512 BF16")
+        return cls(library)
+
+    def register(self, core: ov.Core) -> None:
+        if self.library is not None:
+            core.add_extension(self.library._name)
+
+    def read_model(self, core: ov.Core, xml: Path, activations: str) -> LoadedIR:
+        """The IR with its MXFP4 MatMuls on this kernel when it can take them.
+
+        `core` must have had register() called; activations is the inference precision (bf16 or f32). For an
+        IR with MXFP4 weights, says which path its MatMuls take.
+        """
+        text = xml.read_text()
+        if "f4e2m1" not in text:
+            return LoadedIR(core.read_model(xml), OPENVINO_KERNEL)
+        if self.library is None:
+            say(f"{xml.parent.name}: MXFP4 matmuls on OpenVINO's own path: specqd's kernel is {self.unavailable}")
+            return LoadedIR(core.read_model(xml), OPENVINO_KERNEL)
+        weights = np.memmap(xml.with_suffix(".bin"), np.uint8, mode="c")  # copy-on-write: shareable, never written
+        text, count = rewrite(text, weights, activations)
+        say(f"{xml.parent.name}: {count} MXFP4 matmuls on {SPECQD_KERNEL if count else OPENVINO_KERNEL}"
+            f" ({activations} activations)")
+        if count == 0:
+            return LoadedIR(core.read_model(xml), OPENVINO_KERNEL)
+        return LoadedIR(core.read_model(text, ov.Tensor(weights, shared_memory=True)), SPECQD_KERNEL, weights)
+
+
+@dataclass
+class LoadedIR:
+    model: ov.Model
+    kernel: str
+    weights: np.memmap | None = None  # the .bin that model's constants point into: keep it while the model lives
+
+
+def rewrite(xml: str, weights: np.ndarray, activations: str) -> tuple[str, int]:
+    """Replace each MatMul(x, MXFP4 decompression) by MXFP4MatMul(x, nibbles, scales); count replaced.
+
+    The decompression NNCF writes is Const f4e2m1 [O, K/32, 32] and Const f8e8m0 [O, K/32, 1], both Converted,
+    Multiplied, Reshaped to [O, K] and Converted, into MatMul(transpose_b). The new op reads the two Consts'
+    bytes as u8 [O, K/2] and [O, K/32]; the old subgraph stays for any other user (the tied embedding's Gather).
+    """
+    net = ET.fromstring(xml)
+    layers = {layer.get("id"): layer for layer in net.iter("layer")}
+    edges = net.find("edges")
+    source = {(edge.get("to-layer"), edge.get("to-port")): edge for edge in edges}
+    next_id = max(int(i) for i in layers) + 1
+    count = 0
+    for matmul in [layer for layer in layers.values() if layer.get("type") == "MatMul"]:
+        found = _mxfp4_weights(matmul, layers, source, weights)
+        if found is None:
+            continue
+        outputs, blocks = (int(d) for d in found[1].find("data").get("shape").split(",")[:2])
+        matmul.set("type", "MXFP4MatMul")
+        matmul.set("version", "specqd")
+        matmul.find("data").attrib = {"activations": activations}
+        inputs = matmul.find("input")
+        weight_port = inputs.findall("port")[1]
+        inputs.remove(weight_port)
+        edges.remove(source[(matmul.get("id"), weight_port.get("id"))])
+        scale_port = str(1 + max(int(port.get("id")) for port in matmul.iter("port")))
+        for const, shape, port_id in ((found[0], [outputs, blocks * 16], weight_port.get("id")),
+                                      (found[1], [outputs, blocks], scale_port)):
+            net.find("layers").append(_u8_view(const, shape, str(next_id)))
+            _add_port(inputs, port_id, shape)
+            ET.SubElement(edges, "edge", {"from-layer": str(next_id), "from-port": "0",
+                                          "to-layer": matmul.get("id"), "to-port": port_id})
+            next_id += 1
+        count += 1
+    return ET.tostring(net, encoding="unicode"), count
+
+
+def _u8_view(const: ET.Element, shape: list[int], layer_id: str) -> ET.Element:
+    """A Const layer over the same bytes of the .bin as `const`, typed u8."""
+    data = const.find("data")
+    layer = ET.Element("layer", id=layer_id, name=f"{const.get('name')}/u8", type="Const", version="opset1")
+    ET.SubElement(layer, "data", element_type="u8", shape=", ".join(map(str, shape)), offset=data.get("offset"),
+                  size=data.get("size"))
+    _add_port(ET.SubElement(layer, "output"), "0", shape)
+    return layer
+
+
+def _add_port(parent: ET.Element, port_id: str, shape: list[int]) -> None:
+    port = ET.SubElement(parent, "port", id=port_id, precision="U8")
+    for dim in shape:
+        ET.SubElement(port, "dim").text = str(dim)
+
+
+def _mxfp4_weights(matmul, layers, source, weights) -> tuple[ET.Element, ET.Element] | None:
+    """The f4e2m1 and f8e8m0 Const layers behind a MatMul's weight input, if the kernel can take them."""
+    data = matmul.find("data")
+    if data is None or data.get("transpose_a") != "false" or data.get("transpose_b") != "true":
+        return None
+
+    def producer(layer, port_index=0):
+        port = layer.find("input").findall("port")[port_index]
+        edge = source.get((layer.get("id"), port.get("id")))
+        return layers[edge.get("from-layer")] if edge is not None else None
+
+    node = producer(matmul, 1)
+    while node is not None and node.get("type") in ("Convert", "Reshape"):
+        node = producer(node)
+    if node is None or node.get("type") != "Multiply":
+        return None
+    consts = {}
+    for index in (0, 1):
+        const = producer(node, index)
+        while const is not None and const.get("type") == "Convert":
+            const = producer(const)
+        if const is None or const.get("type") != "Const":
+            return None
+        consts[const.find("data").get("element_type")] = const
+    nibbles, scales = consts.get("f4e2m1"), consts.get("f8e8m0")
+    if nibbles is None or scales is None:
+        return None
+    shape = [int(d) for d in scales.find("data").get("shape").split(",")]
+    if len(shape) != 3 or shape[2] != 1 or shape[0] % TILE:
+        return None
+    offset, size = int(scales.find("data").get("offset")), int(scales.find("data").get("size"))
+    values = weights[offset:offset + size]
+    if values.min() < SCALES[0] or values.max() > SCALES[1]:
+        return None
+    return nibbles, scales
