@@ -43,6 +43,15 @@ def library_path() -> Path:
     return cache_root() / "kernels" / f"openvino-{ov.get_version().split('-')[0]}-{digest.hexdigest()[:12]}" / LIBRARY
 
 
+def cpu_supported() -> bool:
+    """Whether this CPU has the kernel's instructions, from the flags Linux reports (no library needed)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
+
+
 class KernelBuildError(RuntimeError):
     pass
 
@@ -86,6 +95,23 @@ class Kernel:
             return cls(None, "this CPU lacks AVX-512 BF16")
         return cls(library)
 
+    def matmul(self, x: np.ndarray, nibbles: np.ndarray, scales: np.ndarray, activations: str = "bf16") -> np.ndarray:
+        """x [rows, K] @ MXFP4 weights.T -> [rows, O]; nibbles [O, K/2] and scales [O, K/32] as in the IR.
+
+        Packs on every call: for tests and the microbenchmark, not for inference (the op packs once).
+        """
+        x = np.ascontiguousarray(x, np.float32)
+        (outputs, half), inner = nibbles.shape, x.shape[1]
+        packed_nibbles, packed_scales = np.empty_like(nibbles), np.empty_like(scales)
+        self.library.specqd_mxfp4_pack(_pointer(np.ascontiguousarray(nibbles)), _pointer(np.ascontiguousarray(scales)),
+                                       ctypes.c_size_t(inner), ctypes.c_size_t(outputs), _pointer(packed_nibbles),
+                                       _pointer(packed_scales))
+        y = np.empty((x.shape[0], outputs), np.float32)
+        self.library.specqd_mxfp4_matmul(_pointer(x), ctypes.c_size_t(x.shape[0]), ctypes.c_size_t(inner),
+                                         _pointer(packed_nibbles), _pointer(packed_scales), ctypes.c_size_t(outputs),
+                                         _pointer(y), ctypes.c_int(activations == "f32"))
+        return y
+
     def register(self, core: ov.Core) -> None:
         if self.library is not None:
             core.add_extension(self.library._name)
@@ -109,6 +135,10 @@ class Kernel:
         if count == 0:
             return LoadedIR(core.read_model(xml), OPENVINO_KERNEL)
         return LoadedIR(core.read_model(text, ov.Tensor(weights, shared_memory=True)), SPECQD_KERNEL, weights)
+
+
+def _pointer(array: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(array.ctypes.data)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Times specqd's MXFP4 kernel against OpenVINO's MXFP4 and BF16 FullyConnected on the 1.5B layer shapes.
 
 Each measurement cycles through enough copies of the weights (>= 64 MB of MXFP4) that they come from memory,
-not cache, as they do in a real forward pass. Usage: python scripts/mxfp4_microbench.py LIBRARY [--json PATH]
+not cache, as they do in a real forward pass. Usage (after `specqd build-kernel`):
+    python scripts/mxfp4_microbench.py [--json PATH]
 """
 import argparse
 import ctypes
@@ -13,8 +14,10 @@ import numpy as np
 import openvino as ov
 import openvino.opset13 as ops
 
+from specqd.runtime.mxfp4_kernel import library_path
+
 SHAPES = [(1536, 1536), (1536, 256), (1536, 8960), (8960, 1536), (1536, 151936)]  # (inner, outputs)
-ROWS = [1, 2, 4, 8, 16]
+TOKENS = [1, 2, 4, 8, 16, 64]  # activation rows: tokens per step
 WORKING_SET = 64 << 20
 CONFIG = {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1,
           "PERFORMANCE_HINT": "LATENCY"}
@@ -58,17 +61,16 @@ def timed(fn, repeats=5):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("library")
     parser.add_argument("--json")
     args = parser.parse_args()
-    lib = ctypes.CDLL(args.library)
+    lib = ctypes.CDLL(str(library_path()))
     lib.specqd_mxfp4_pack.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
                                       ctypes.c_void_p, ctypes.c_void_p]
     lib.specqd_mxfp4_matmul.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_void_p,
                                         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int]
     core = ov.Core()
     rng = np.random.default_rng(0)
-    rows_out = []
+    rows = []
     print(f"{'inner x outputs':>16} {'n':>3} {'ov bf16':>9} {'ov mxfp4':>9} {'specqd':>9} {'vs mxfp4':>8} {'vs bf16':>8}")
     for inner, outputs in SHAPES:
         copies = max(1, math.ceil(WORKING_SET / (inner * outputs * 17 // 32)))
@@ -81,7 +83,7 @@ def main():
         for nib, sc in packed:  # in place is fine: the OpenVINO models hold their own copies
             nib_in, sc_in = nib.copy(), sc.copy()
             lib.specqd_mxfp4_pack(nib_in.ctypes.data, sc_in.ctypes.data, inner, outputs, nib.ctypes.data, sc.ctypes.data)
-        for n in ROWS:
+        for n in TOKENS:
             x = rng.standard_normal((1, n, inner), dtype=np.float32)
             y = np.empty((n, outputs), np.float32)
 
@@ -93,14 +95,14 @@ def main():
             t_mx = timed(lambda: mx_req.infer([x])) / copies * 1e3
             t_bf = timed(lambda: bf_req.infer([x])) / bf16_copies * 1e3
             t_ours = timed(ours) / copies * 1e3
-            rows_out.append({"inner": inner, "outputs": outputs, "n": n, "ov_bf16_ms": t_bf, "ov_mxfp4_ms": t_mx,
+            rows.append({"inner": inner, "outputs": outputs, "n": n, "ov_bf16_ms": t_bf, "ov_mxfp4_ms": t_mx,
                              "specqd_ms": t_ours})
             print(f"{inner:>7} x {outputs:<6} {n:>3} {t_bf:9.3f} {t_mx:9.3f} {t_ours:9.3f} {t_mx / t_ours:7.2f}x "
                   f"{t_bf / t_ours:7.2f}x", flush=True)
         del mx, bf, mx_req, bf_req
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows_out}, f, indent=1)
+            json.dump({"shapes": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

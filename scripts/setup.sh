@@ -10,4 +10,6 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # optimum-intel pulls in torchvision, whose PyPI build fails to import beside the CPU torch
 # ("operator torchvision::nms does not exist") and then breaks transformers. Nothing here needs it.
 "${pip[@]}" uninstall --quiet -y torchvision 2>/dev/null || true
+# specqd's MXFP4 kernel (cached per OpenVINO version and source); without it MXFP4 levels run on OpenVINO's path.
+.venv/bin/specqd build-kernel >/dev/null || echo "setup: MXFP4 kernel not built (see above); MXFP4 levels will use OpenVINO's own path"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import openvino; print("openvino", openvino.__version__)'))"

@@ -7,6 +7,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny_models  # noqa: E402
 
+from specqd.exporter.export import ExportOptions, export  # noqa: E402
+from specqd.models.cache import cache_root  # noqa: E402
+from specqd.runtime import mxfp4_kernel  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
@@ -34,3 +38,31 @@ def tiny_foreign_draft(tiny_dir) -> Path:
 def tiny_gguf(tiny_dir) -> Path:
     (tiny_dir / "gguf").mkdir()
     return tiny_models.write_gguf(tiny_dir / "gguf" / "tiny.gguf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_target, tiny_draft, tmp_path_factory) -> Path:
+    """target; target-int8 (agrees often: long accepted runs); target-mxfp4 (rejects often); draft."""
+    out = tmp_path_factory.mktemp("runtime") / "export"
+    export(ExportOptions(model=str(tiny_target), out_dir=out, drafts=[str(tiny_draft)], formats=["int8", "mxfp4"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def mxfp4_kernel_built() -> mxfp4_kernel.Kernel:
+    """specqd's MXFP4 kernel, built into the cache if it is not there yet (seconds)."""
+    if not mxfp4_kernel.cpu_supported():
+        pytest.skip("this CPU lacks AVX512-BF16: only OpenVINO's MXFP4 path can run here")
+    mxfp4_kernel.build()
+    kernel = mxfp4_kernel.Kernel.find()
+    assert kernel.library is not None, kernel.unavailable
+    return kernel
+
+
+@pytest.fixture(scope="session")
+def real_export() -> Path:
+    """The real Qwen2.5-Coder-0.5B: target and its MXFP4 copy, cached (about 3 minutes the first time)."""
+    out = cache_root() / "exports" / "test-qwen2.5-coder-0.5b"
+    if not (out / "specqd.json").exists():
+        export(ExportOptions(model="qwen2.5-coder-0.5b", out_dir=out, formats=["mxfp4"]))
+    return out

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from specqd.exporter.export import ExportOptions, export
 from specqd.runtime import prompts
 from specqd.models.cache import cache_root
 from specqd.runtime.manifest import Manifest
@@ -18,14 +17,6 @@ pytestmark = pytest.mark.real
 
 PROMPT = "def fibonacci(n):"
 NEW_TOKENS = 24
-
-
-@pytest.fixture(scope="module")
-def real_export():
-    out = cache_root() / "exports" / "test-qwen2.5-coder-0.5b"
-    if not (out / "specqd.json").exists():
-        export(ExportOptions(model="qwen2.5-coder-0.5b", out_dir=out, formats=["mxfp4"]))
-    return out
 
 
 def test_the_export_lists_the_verified_source_and_both_levels(real_export):

@@ -10,21 +10,12 @@ import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
 
-from specqd.exporter.export import ExportOptions, export
 from specqd.runtime import cli, kvmodel
 from specqd.runtime.pipeline import GenerationError, Pipeline
 from specqd.runtime.sampling import Sampling
 from specqd.runtime.speculative import DraftControls
 
 PROMPTS = ["def fibonacci(n: int) -> int:", "The quick brown fox jumps over"]
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tiny_target, tiny_draft, tmp_path_factory):
-    """target; target-int8 (agrees often: long accepted runs); target-mxfp4 (rejects often); draft."""
-    out = tmp_path_factory.mktemp("runtime") / "export"
-    export(ExportOptions(model=str(tiny_target), out_dir=out, drafts=[str(tiny_draft)], formats=["int8", "mxfp4"]))
-    return out
 
 
 def tokens(folder, chain, prompt, n=40, precision="f32", **options):

@@ -55,7 +55,8 @@ SPECQD_AVX512 inline __m512bh decode_bf16(const std::uint8_t* bytes16, std::uint
 
 // R activation rows (bf16) x outputs T0..T0+NT-1 of one tile. The tile's weights are one contiguous stream
 // (see pack), each block is decoded once for all R rows, and each activation load feeds NT dot products.
-template <int R, int T0, int NT>
+// Decoded: `nibbles` points to the span already decoded by decode_span (many rows: decode once per span).
+template <int R, int T0, int NT, bool Decoded>
 SPECQD_AVX512 void tile_bf16(const std::uint16_t* x, const Span& span, const std::uint8_t* nibbles,
                              const std::uint8_t* scales, float* y) {
     const __m512i table = bf16_table();
@@ -64,8 +65,10 @@ SPECQD_AVX512 void tile_bf16(const std::uint16_t* x, const Span& span, const std
         for (int r = 0; r < R; ++r) acc[t][r] = _mm512_setzero_ps();
     for (std::size_t b = 0; b < span.blocks; ++b) {
         __m512bh w[NT];
-        for (int t = 0; t < NT; ++t)
-            w[t] = decode_bf16(nibbles + (b * kTile + T0 + t) * 16, scales[b * kTile + T0 + t], table);
+        for (int t = 0; t < NT; ++t) {
+            const std::size_t at = b * kTile + T0 + t;
+            w[t] = Decoded ? (__m512bh)_mm512_load_si512(nibbles + at * 64) : decode_bf16(nibbles + at * 16, scales[at], table);
+        }
         for (int r = 0; r < R; ++r) {
             const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + r * span.x_stride + b * kBlock);
             for (int t = 0; t < NT; ++t) acc[t][r] = _mm512_dpbf16_ps(acc[t][r], w[t], xv);
@@ -73,6 +76,13 @@ SPECQD_AVX512 void tile_bf16(const std::uint16_t* x, const Span& span, const std
     }
     for (int t = 0; t < NT; ++t)
         for (int r = 0; r < R; ++r) span.store(y + r * span.y_stride + T0 + t, _mm512_reduce_add_ps(acc[t][r]));
+}
+
+// A tile's span decoded to bf16 (kTile x 64 bytes per block), for passes of many rows over it.
+SPECQD_AVX512 void decode_span(const std::uint8_t* nibbles, const std::uint8_t* scales, std::size_t blocks,
+                               __m512i* out) {
+    const __m512i table = bf16_table();
+    for (std::size_t at = 0; at < blocks * kTile; ++at) out[at] = (__m512i)decode_bf16(nibbles + at * 16, scales[at], table);
 }
 
 // The same with f32 activations and f32 FMAs: two vectors of 16 decoded weights per block.
@@ -116,7 +126,8 @@ void tile_rows(const T* x, const Span& span, const std::uint8_t* nibbles, const 
         Tile<R, 2, 2>::run(x, span, nibbles, scales, y);
     }
 }
-template <int R, int T0, int NT> struct Bf16Tile { static constexpr auto run = tile_bf16<R, T0, NT>; };
+template <int R, int T0, int NT> struct Bf16Tile { static constexpr auto run = tile_bf16<R, T0, NT, false>; };
+template <int R, int T0, int NT> struct DecodedBf16Tile { static constexpr auto run = tile_bf16<R, T0, NT, true>; };
 template <int R, int T0, int NT> struct F32Tile { static constexpr auto run = tile_f32<R, T0, NT>; };
 
 template <typename T>
@@ -124,10 +135,12 @@ using TileFn = void (*)(const T*, const Span&, const std::uint8_t*, const std::u
 
 // Outputs o_begin..o_end for all rows. The inner dimension is walked in spans of kSpanBlocks blocks so that
 // the activations of a span (kMaxRows x 2 KB in bf16) stay in L1 while the weights stream past; rows go
-// kMaxRows at a time, a second chunk finding the tile in L1 or L2.
-template <typename T, template <int, int, int> class Tile>
+// kMaxRows at a time. With Predecode (bf16, more than kMaxRows rows: a prompt) each tile's span is decoded
+// once into a 16 KB buffer that every chunk of rows reads.
+template <typename T, template <int, int, int> class Tile, bool Predecode = false>
 void tiles(const T* x, std::size_t rows, std::size_t inner, const PackedMxfp4& w, std::size_t o_begin,
            std::size_t o_end, float* y) {
+    alignas(64) __m512i decoded[Predecode ? kSpanBlocks * kTile : 1];
     const TileFn<T> by_rows[kMaxRows] = {tile_rows<Tile, 1, T>, tile_rows<Tile, 2, T>, tile_rows<Tile, 3, T>,
                                          tile_rows<Tile, 4, T>, tile_rows<Tile, 5, T>, tile_rows<Tile, 6, T>,
                                          tile_rows<Tile, 7, T>, tile_rows<Tile, 8, T>};
@@ -137,6 +150,10 @@ void tiles(const T* x, std::size_t rows, std::size_t inner, const PackedMxfp4& w
         for (std::size_t o = o_begin; o < o_end; o += kTile) {
             const std::uint8_t* nibbles = w.nibbles + (b0 * w.outputs + o * span.blocks) * 16;
             const std::uint8_t* scales = w.scales + b0 * w.outputs + o * span.blocks;
+            if constexpr (Predecode) {
+                decode_span(nibbles, scales, span.blocks, decoded);
+                nibbles = reinterpret_cast<const std::uint8_t*>(decoded);
+            }
             for (std::size_t r = 0; r < rows; r += kMaxRows) {
                 const std::size_t chunk = std::min<std::size_t>(kMaxRows, rows - r);
                 by_rows[chunk - 1](x + r * inner + b0 * kBlock, span, nibbles, scales, y + r * w.outputs + o);
@@ -180,9 +197,10 @@ void mxfp4_matmul(const float* x, std::size_t rows, std::size_t inner, const Pac
     }
     // Grains of 16 tiles: enough to balance two to a few dozen threads on the smallest layer (256 outputs).
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, w.outputs / kTile, 16), [&](const tbb::blocked_range<std::size_t>& r) {
-        if (mode == Activations::bf16)
-            tiles<std::uint16_t, Bf16Tile>(
-                x_bf16.data(), rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
+        if (mode == Activations::bf16 && rows > 2 * kMaxRows)
+            tiles<std::uint16_t, DecodedBf16Tile, true>(x_bf16.data(), rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
+        else if (mode == Activations::bf16)
+            tiles<std::uint16_t, Bf16Tile>(x_bf16.data(), rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
         else
             tiles<float, F32Tile>(
                 x, rows, inner, w, r.begin() * kTile, r.end() * kTile, y);

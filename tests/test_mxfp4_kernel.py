@@ -1,0 +1,160 @@
+"""specqd's MXFP4 kernel: equal to MXFP4 dequantize-and-matmul, taken by MXFP4 levels, and token-exact chains."""
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from specqd.runtime import mxfp4_kernel
+from specqd.runtime.mxfp4_kernel import OPENVINO_KERNEL, SPECQD_KERNEL, Kernel
+from specqd.runtime.pipeline import ExportFolder
+
+E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6])
+
+
+def dequantize(nibbles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """MXFP4 by its definition: weight k is the e2m1 code in nibble k (low nibble first) times 2^(scale-127)."""
+    codes = np.stack([nibbles & 15, nibbles >> 4], axis=-1).reshape(len(nibbles), -1)
+    return E2M1[codes] * np.exp2(scales.astype(np.float64) - 127).repeat(32, axis=1)
+
+
+def bf16(x: np.ndarray) -> np.ndarray:
+    """Round f32 to bf16 (nearest even), as the kernel does with activations in bf16 mode."""
+    bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+    return (((bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000).astype(np.uint32)).view(np.float32)
+
+
+def assert_matches_reference(kernel, x, nibbles, scales, activations):
+    weights = dequantize(nibbles, scales)
+    xr = (bf16(x) if activations == "bf16" else x).astype(np.float64)
+    expected = xr @ weights.T
+    bound = 1e-5 * (np.abs(xr) @ np.abs(weights).T)  # f32 accumulation over at most a few thousand terms
+    assert np.all(np.abs(kernel.matmul(x, nibbles, scales, activations) - expected) <= bound)
+
+
+def random_weights(rng, inner, outputs, scales=(110, 135)):
+    return (rng.integers(0, 256, (outputs, inner // 2), dtype=np.uint8),
+            rng.integers(*scales, (outputs, inner // 32), dtype=np.uint8))
+
+
+# (inner, outputs): one block; odd block counts; a second span of the inner dimension (64 blocks per span).
+SHAPES = [(32, 4), (96, 12), (160, 36), (2080, 8), (1536, 256)]
+
+
+@pytest.mark.parametrize("activations", ["bf16", "f32"])
+@pytest.mark.parametrize("inner,outputs", SHAPES)
+def test_the_kernel_equals_mxfp4_dequantize_and_matmul(mxfp4_kernel_built, inner, outputs, activations):
+    rng = np.random.default_rng(inner + outputs)
+    nibbles, scales = random_weights(rng, inner, outputs)
+    for rows in list(range(1, 17)) + [24, 40]:  # register tiles of 1-8 rows, chunks, a prompt's decoded pass
+        assert_matches_reference(mxfp4_kernel_built, rng.standard_normal((rows, inner), dtype=np.float32),
+                                 nibbles, scales, activations)
+
+
+# Activations chosen so that products stay normal f32 numbers (the bf16 dot product flushes subnormals).
+@pytest.mark.parametrize("scale,x_scale", [(2, 2.0 ** 100), (252, 2.0 ** -100)])
+def test_extreme_scales_are_exact(mxfp4_kernel_built, scale, x_scale):
+    rng = np.random.default_rng(scale)
+    nibbles = rng.integers(0, 256, (8, 64), dtype=np.uint8)
+    scales = np.full((8, 4), scale, np.uint8)
+    x = (rng.standard_normal((3, 128)) * x_scale).astype(np.float32)
+    for activations in ("bf16", "f32"):
+        assert_matches_reference(mxfp4_kernel_built, x, nibbles, scales, activations)
+
+
+def test_scales_it_cannot_represent_exactly_are_refused(mxfp4_kernel_built):
+    library = mxfp4_kernel_built.library
+    for scale, supported in ((1, 0), (2, 1), (127, 1), (252, 1), (253, 0), (255, 0)):
+        assert library.specqd_mxfp4_scales_supported(bytes([127, scale, 127]), 3) == supported
+
+
+@pytest.mark.real
+def test_the_kernel_equals_the_reference_on_real_weights(mxfp4_kernel_built, real_export):
+    """The first attention and MLP projections of the real 0.5B's MXFP4 copy, read straight from its .bin."""
+    xml = real_export / "target-mxfp4" / "openvino_model.xml"
+    weights = np.memmap(xml.with_suffix(".bin"), np.uint8, mode="r")
+    consts = {layer.get("name"): layer.find("data") for layer in ET.parse(xml).iter("layer")}
+    rng = np.random.default_rng(0)
+    for projection in ("self_attn.q_proj", "mlp.down_proj"):
+        name = f"self.model.layers.0.{projection}._openvino_orig_weight"
+        (outputs, blocks, _), (offset, size) = _shape(consts[name]), _extent(consts[name])
+        nibbles = np.array(weights[offset:offset + size]).reshape(outputs, blocks * 16)
+        offset, size = _extent(consts[name + "/scale"])
+        scales = np.array(weights[offset:offset + size]).reshape(outputs, blocks)
+        for rows in (1, 5, 8, 16):
+            x = rng.standard_normal((rows, blocks * 32), dtype=np.float32)
+            assert_matches_reference(mxfp4_kernel_built, x, nibbles, scales, "bf16")
+
+
+def _shape(data):
+    return [int(d) for d in data.get("shape").split(",")]
+
+
+def _extent(data):
+    return int(data.get("offset")), int(data.get("size"))
+
+
+def test_mxfp4_levels_run_on_the_kernel_and_other_levels_do_not(mxfp4_kernel_built, tiny_export, capfd):
+    folder = ExportFolder(tiny_export)
+    assert folder.model("target-mxfp4").kernel == SPECQD_KERNEL
+    assert folder.model("target").kernel == OPENVINO_KERNEL
+    assert folder.model("target-int8").kernel == OPENVINO_KERNEL
+    assert f"MXFP4 matmuls on {SPECQD_KERNEL}" in capfd.readouterr().err
+
+
+def test_the_rewrite_replaces_every_mxfp4_matmul_and_keeps_the_logits(mxfp4_kernel_built, tiny_export):
+    xml = tiny_export / "target-mxfp4" / "openvino_model.xml"
+    core = ov.Core()
+    mxfp4_kernel_built.register(core)
+    ir = mxfp4_kernel_built.read_model(core, xml, "f32")
+    rewritten = [op for op in ir.model.get_ops() if op.get_type_name() == "MXFP4MatMul"]
+    mxfp4_matmuls = [op for op in core.read_model(xml).get_ops() if op.get_type_name() == "MatMul"
+                     and "f4e2m1" in _weight_source_types(op)]
+    assert len(rewritten) == len(mxfp4_matmuls) > 0
+
+    inputs = {"input_ids": np.array([[5, 17, 42, 7]]), "attention_mask": np.ones((1, 4), np.int64),
+              "position_ids": np.arange(4)[None], "beam_idx": np.zeros(1, np.int32)}
+    config = {"INFERENCE_PRECISION_HINT": "f32"}
+    ours = core.compile_model(ir.model, "CPU", config)(inputs)["logits"]
+    theirs = core.compile_model(core.read_model(xml), "CPU", config)(inputs)["logits"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def _weight_source_types(op) -> set[str]:
+    """Element types of the Consts behind a MatMul's weight input."""
+    found, stack = set(), [op.input_value(1).get_node()]
+    while stack:
+        node = stack.pop()
+        if node.get_type_name() == "Constant":
+            found.add(node.get_element_type().get_type_name())
+        stack.extend(value.get_node() for value in node.input_values())
+    return found
+
+
+@pytest.mark.parametrize("chain", ["target,target-mxfp4", "target,target-mxfp4,draft",
+                                   "target,target-int8,target-mxfp4,lookup"])
+def test_chains_with_the_kernel_give_the_targets_own_tokens_in_f32(mxfp4_kernel_built, tiny_export, chain):
+    folder = ExportFolder(tiny_export, precision="f32")
+    for prompt in ("def fibonacci(n: int) -> int:", "The quick brown fox jumps over"):
+        expected = folder.pipeline(["target"]).generate(prompt, max_new_tokens=40).tokens
+        result = folder.pipeline(chain.split(",")).generate(prompt, max_new_tokens=40)
+        assert result.tokens == expected
+        kernels = {level["level"]: level["kernel"] for level in result.stats["levels"]}
+        assert kernels["target-mxfp4"] == SPECQD_KERNEL and kernels["target"] == OPENVINO_KERNEL
+
+
+def test_without_the_kernel_mxfp4_levels_fall_back_to_openvino_and_say_so(tiny_export, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("SPECQD_CACHE", str(tmp_path))  # an empty cache: nothing built
+    missing = Kernel.find()
+    assert missing.library is None and "specqd build-kernel" in missing.unavailable
+    folder = ExportFolder(tiny_export, mxfp4_kernel=False)
+    result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)
+    assert [level["kernel"] for level in result.stats["levels"]] == [OPENVINO_KERNEL, OPENVINO_KERNEL]
+    assert "OpenVINO's own path: specqd's kernel is turned off" in capfd.readouterr().err
+
+
+def test_build_is_cached_per_openvino_version_and_source(mxfp4_kernel_built):
+    path = mxfp4_kernel.library_path()
+    assert path.exists() and ov.get_version().split("-")[0] in str(path)
+    assert mxfp4_kernel.build() == path  # a second build is free
