@@ -80,11 +80,11 @@ class ExportFolder:
         return Pipeline(self, names or default_chain(self.manifest), controls or {})
 
     def default_controls(self, chain: list[str]) -> dict[str, DraftControls]:
-        """`specqd tune`'s draft lengths for the chain it chose; other chains get the built-in defaults."""
-        tuned = self.manifest.tuned or {}
-        if tuned.get("chain") != chain:
+        """`specqd tune`'s draft lengths for this chain when it searched it; else the built-in defaults."""
+        tuned_k = (self.manifest.tuned or {}).get("k_by_chain", {}).get(",".join(chain))
+        if tuned_k is None:
             return {name: DraftControls() for name in chain[1:]}
-        return {name: DraftControls(k=tuned["k"][name]) for name in chain[1:]}
+        return {name: DraftControls(k=tuned_k[name]) for name in chain[1:]}
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer([text])["input_ids"][0]]

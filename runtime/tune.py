@@ -6,7 +6,8 @@ Cost model (greedy, each drafted token accepted independently with the measured 
 - c(d), the cost per token of a drafter, is t_d(1) for a bottom model level, 0 for prompt lookup, and for a
   level that drafts with its own drafter b: (k_b * c(b) + t_d(k_b + 1)) / E(k_b, a_db).
 The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The chosen
-configuration is stored in the manifest so that `generate` and `bench` use it by default.
+configuration is stored in the manifest so that `generate` and `bench` use it by default, and so is the best
+predicted k of every other chain searched, so that any chain named runs with its own tuned draft lengths.
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         results = [pipeline.generate(text, max_new_tokens=new_tokens) for text in texts]
         measured[",".join(chain)] = sum(len(r.tokens) for r in results) / sum(r.stats["seconds"] for r in results)
     baseline, chosen = measured["target"], measured[",".join(best.chain)]
+    best_per_chain = {}
+    for plan in plans:  # sorted fastest first
+        best_per_chain.setdefault(",".join(plan.chain), plan.k)
     choice = {
         "chain": best.chain,
         "k": best.k,
+        "k_by_chain": best_per_chain,
         "predicted_tokens_per_second": round(best.tokens_per_second, 2),
         "predicted_speedup": round(best.tokens_per_second /
                                    predict(["target"], {}, times, agreement, prefill, new_tokens), 2),

@@ -49,7 +49,7 @@ def ov_model(weights, inner):
     return ov.Model([ops.matmul(x, w, False, True) for w in weights], [x])
 
 
-def timed(fn, repeats=5):
+def timed(fn, repeats=9):
     fn()
     best = math.inf
     for _ in range(repeats):

@@ -94,6 +94,10 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     pipeline = ExportFolder(copy).pipeline()
     assert pipeline.chain == tuned["chain"]
     assert [level.controls.k for level in pipeline.levels[1:]] == [tuned["k"][name] for name in tuned["chain"][1:]]
+    # Every chain the search covered runs with its own best k, not just the chosen one.
+    other = next(chain for chain in tuned["k_by_chain"] if chain != ",".join(tuned["chain"]))
+    controls = ExportFolder(copy).default_controls(other.split(","))
+    assert {name: c.k for name, c in controls.items()} == tuned["k_by_chain"][other]
 
 
 def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
