@@ -10,6 +10,7 @@ from pathlib import Path
 from specqd.models.fetch import FetchError
 from specqd.models.registry import REGISTRY, UnknownModelError
 from specqd.runtime.manifest import Manifest
+from specqd.runtime.mxfp4_kernel import OPENVINO_KERNEL, SPECQD_KERNEL, Kernel
 
 from . import ir
 from .errors import ExportError
@@ -46,12 +47,14 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
                          draft_formats=args.draft_format, embeddings=args.embeddings, force=args.force)
 
 
-def summary_table(manifest: Manifest) -> str:
-    rows = [("level", "role", "format", "embeddings", "size", "vs BF16", "export time")]
+def summary_table(manifest: Manifest, kernel: Kernel) -> str:
+    """One row per level, with the matmul kernel the runtime will run it on here."""
+    rows = [("level", "role", "format", "embeddings", "size", "vs BF16", "export time", "kernel")]
     for level in manifest.levels:
         rows.append((level.name, level.role, level.format, level.embeddings, f"{level.bytes / 1e9:.2f} GB",
                      f"{level.bf16_bytes / level.bytes:.2f}x smaller" if level.format != "bf16" else "-",
-                     f"{level.export_seconds:.0f} s"))
+                     f"{level.export_seconds:.0f} s",
+                     SPECQD_KERNEL if level.format == "mxfp4" and kernel.library else OPENVINO_KERNEL))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
@@ -67,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export-mxfp4: error: {error}", file=sys.stderr)
         return 1
     print(f"exported to {options.out_dir} in {time.perf_counter() - started:.0f} s\n")
-    print(summary_table(manifest))
+    kernel = Kernel.find()
+    print(summary_table(manifest, kernel))
+    if kernel.library is None and any(level.format == "mxfp4" for level in manifest.levels):
+        print(f"\nMXFP4 levels will run on OpenVINO's own MXFP4 path: specqd's kernel is {kernel.unavailable}")
     return 0
 
 

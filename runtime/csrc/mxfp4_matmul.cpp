@@ -135,7 +135,7 @@ using TileFn = void (*)(const T*, const Span&, const std::uint8_t*, const std::u
 
 // Outputs o_begin..o_end for all rows. The inner dimension is walked in spans of kSpanBlocks blocks so that
 // the activations of a span (kMaxRows x 2 KB in bf16) stay in L1 while the weights stream past; rows go
-// kMaxRows at a time. With Predecode (bf16, more than kMaxRows rows: a prompt) each tile's span is decoded
+// kMaxRows at a time. With Predecode (bf16, more than 2 x kMaxRows rows: a prompt) each tile's span is decoded
 // once into a 16 KB buffer that every chunk of rows reads.
 template <typename T, template <int, int, int> class Tile, bool Predecode = false>
 void tiles(const T* x, std::size_t rows, std::size_t inner, const PackedMxfp4& w, std::size_t o_begin,
@@ -190,20 +190,23 @@ void pack(const std::uint8_t* nibbles, const std::uint8_t* scales, std::size_t i
 
 void mxfp4_matmul(const float* x, std::size_t rows, std::size_t inner, const PackedMxfp4& w, float* y,
                   Activations mode) {
-    std::vector<std::uint16_t> x_bf16;
+    // The calling thread's bf16 copy of x, reused across calls (a decode step makes ~200). Workers get a
+    // pointer to it: inside the lambda the name would mean each worker's own thread_local.
+    thread_local std::vector<std::uint16_t> x_bf16;
     if (mode == Activations::bf16) {
         x_bf16.resize(rows * inner);
         to_bf16(x, x_bf16.size(), x_bf16.data());
     }
+    const std::uint16_t* xb = x_bf16.data();
     // Grains of 16 tiles: enough to balance two to a few dozen threads on the smallest layer (256 outputs).
     tbb::parallel_for(tbb::blocked_range<std::size_t>(0, w.outputs / kTile, 16), [&](const tbb::blocked_range<std::size_t>& r) {
-        if (mode == Activations::bf16 && rows > 2 * kMaxRows)
-            tiles<std::uint16_t, DecodedBf16Tile, true>(x_bf16.data(), rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
-        else if (mode == Activations::bf16)
-            tiles<std::uint16_t, Bf16Tile>(x_bf16.data(), rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
+        const std::size_t begin = r.begin() * kTile, end = r.end() * kTile;
+        if (mode == Activations::f32)
+            tiles<float, F32Tile>(x, rows, inner, w, begin, end, y);
+        else if (rows > 2 * kMaxRows)
+            tiles<std::uint16_t, DecodedBf16Tile, true>(xb, rows, inner, w, begin, end, y);
         else
-            tiles<float, F32Tile>(
-                x, rows, inner, w, r.begin() * kTile, r.end() * kTile, y);
+            tiles<std::uint16_t, Bf16Tile>(xb, rows, inner, w, begin, end, y);
     });
 }
 
