@@ -98,7 +98,8 @@ def parser() -> argparse.ArgumentParser:
 
     profile_ = commands.add_parser("profile", parents=[folder_arg], help="step time of each level by tokens per step")
     profile_.add_argument("--levels", help="comma-separated level names (default: all)")
-    profile_.add_argument("--tokens", default="1,2,4,8", help="tokens per step to measure (default 1,2,4,8)")
+    profile_.add_argument("--tokens", default="1,2,4,8", help="tokens per step to measure (default 1,2,4,8); "
+                          "the prompt read is timed too")
     profile_.add_argument("--json", action="store_true")
 
     commands.add_parser("build-kernel", help="compile specqd's MXFP4 kernel into the cache (needs cmake and g++)")
@@ -172,7 +173,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profile import step_times
+    from .profile import prefill_ms, step_times
 
     folder = _folder(args)
     names = args.levels.split(",") if args.levels else [level.name for level in folder.manifest.levels]
@@ -180,15 +181,17 @@ def _profile(args: argparse.Namespace) -> int:
     prompt = folder.encode(prompts.load("humaneval:0-0")[0] * 2)
     levels = [{"name": name, "step_ms": {str(n): round(ms, 1) for n, ms in
                                          step_times(folder, name, prompt, tokens).items()},
+               "prompt_read_ms": round(prefill_ms(folder, name, prompt), 1),
                "kernel": folder.model(name).kernel} for name in names]
     if args.json:
         print(json.dumps({"levels": levels}))
     else:
-        print("| level | kernel | " + " | ".join(f"n={n} ms" for n in tokens) + " |")
-        print("|---|---|" + "---|" * len(tokens))
+        print(f"prompt: HumanEval/0 twice, {len(prompt)} tokens")
+        print("| level | kernel | " + " | ".join(f"n={n} ms" for n in tokens) + " | prompt read ms |")
+        print("|---|---|" + "---|" * (len(tokens) + 1))
         for level in levels:
             print(f"| {level['name']} | {level['kernel']} | " + " | ".join(str(v) for v in level["step_ms"].values())
-                  + " |")
+                  + f" | {level['prompt_read_ms']} |")
     return 0
 
 

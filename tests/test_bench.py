@@ -105,6 +105,7 @@ def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
     levels = json.loads(capsys.readouterr().out)["levels"]
     assert [level["name"] for level in levels] == ["target", "draft"]
     assert all(level["kernel"] and set(level["step_ms"]) == {"1", "4"} for level in levels)
+    assert all(level["prompt_read_ms"] > 0 for level in levels)
 
 
 def test_an_interrupted_bench_resumes_from_its_journal(tiny_export, tmp_path, monkeypatch):
