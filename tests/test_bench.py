@@ -111,27 +111,29 @@ def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
 def test_an_interrupted_bench_resumes_from_its_journal(tiny_export, tmp_path, monkeypatch):
     from specqd.runtime import bench
 
+    monkeypatch.setattr(bench, "BLOCK", 2)
     report = tmp_path / "bench.json"
     argv = ["bench", str(tiny_export), "--prompts", "humaneval:0-2", "--max-new-tokens", "6",
             "--configs", "target,target-int8", "--f32-prompts", "0", "--json", str(report)]
     measure = bench.ConfigRun.measure
     calls = []
 
-    def interrupted_on_the_second_prompt(self, prompt, max_new_tokens, sampling):
-        calls.append(prompt)
-        if len(calls) == 5:  # 2 warm-ups, 2 configurations on prompt 1, then the first of prompt 2
+    def interrupted_in_the_second_block(self, prompts, max_new_tokens, sampling):
+        calls.append(prompts)
+        if len(calls) == 5:  # 2 warm-ups, 2 configurations on prompts 1-2, then the first on prompt 3
             raise KeyboardInterrupt
-        return measure(self, prompt, max_new_tokens, sampling)
+        return measure(self, prompts, max_new_tokens, sampling)
 
-    monkeypatch.setattr(bench.ConfigRun, "measure", interrupted_on_the_second_prompt)
+    monkeypatch.setattr(bench.ConfigRun, "measure", interrupted_in_the_second_block)
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv)
     journal = bench.journal_path(report)
-    assert len(journal.read_text().splitlines()) == 2  # the settings, then prompt 1
+    assert len(journal.read_text().splitlines()) == 3  # the settings, then prompts 1 and 2
     calls.clear()
-    monkeypatch.setattr(bench.ConfigRun, "measure", lambda self, *a: calls.append(a[0]) or measure(self, *a))
     assert cli.main(argv) == 0
-    assert len(calls) == 2 + 2 * 2  # warm-ups, then only prompts 2 and 3
+    assert len(calls) == 2 + 2  # warm-ups, then both configurations on prompt 3 only
+    assert all(len(prompts) == 1 for prompts in calls)
     result = json.loads(report.read_text())
     assert result["prompts"] == 3 and result["configs"][0]["agreement"] == 1.0
+    assert len(result["configs"][1]["seconds_by_prompt"]) == 3
     assert not journal.exists()
