@@ -1,7 +1,7 @@
 """Measure what speculative decoding lives on: each level's step time by tokens per step, and how often a
 level's greedy token equals the level above's.
 
-Step times go through the runtime's own KVModel (mask rollback included), after a real prompt, so they are
+Step times go through the runtime's own KVModel (paged KV cache), after a real prompt, so they are
 the times a verify round pays. Agreement is teacher-forced on the target's own greedy continuation.
 """
 
