@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import openvino as ov
 
 from .genai_engine import GenAIConfig
@@ -212,6 +213,7 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
             "chain": config.chain,
             "tokens_per_second": round(speed, 3),
             "speedup": round(speed / base_speed, 3),
+            "speedup_interval": speedup_interval(config, baseline),
             "agreement": round(agreement(config.outputs, baseline.outputs), 4),
             "mean_accepted_length": round(sum(map(len, config.outputs)) / max(1, config.target_passes), 3),
             "levels": levels,
@@ -233,6 +235,20 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
     }
 
 
+def speedup_interval(config: ConfigRun, baseline: ConfigRun, level: float = 0.9) -> list[float]:
+    """Bootstrap interval of the speedup over prompts: how much it depends on which prompts were drawn.
+
+    Each resample draws as many prompts as were run, with replacement, and recomputes the ratio of total
+    tokens per second, both configurations on the same drawn prompts.
+    """
+    tokens = np.array([list(map(len, run.outputs)) for run in (config, baseline)], float)
+    seconds = np.array([run.prompt_seconds for run in (config, baseline)])
+    draws = np.random.default_rng(0).integers(0, tokens.shape[1], (2000, tokens.shape[1]))
+    speed = tokens[:, draws].sum(axis=2) / seconds[:, draws].sum(axis=2)
+    low, high = np.quantile(speed[0] / speed[1], [(1 - level) / 2, (1 + level) / 2])
+    return [round(float(low), 3), round(float(high), 3)]
+
+
 def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
@@ -252,7 +268,8 @@ def agreement(outputs: list[list[int]], reference: list[list[int]]) -> float:
 def markdown(result: dict) -> str:
     lines = [f"`{result['command']}`", "",
              f"{result['prompts']} prompts × {result['max_new_tokens']} new tokens, {result['date']}, "
-             f"{result['machine']}, process peak memory {result['peak_memory_mb']} MB",
+             f"{result['machine']}, process peak memory {result['peak_memory_mb']} MB; speedup in brackets: "
+             f"90 % bootstrap interval over prompts",
              "",
              "| configuration | engine | tok/s | speedup | agreement | tokens/target pass | acceptance by level | "
              "weights GB | f32 exact |",
@@ -263,8 +280,9 @@ def markdown(result: dict) -> str:
         weights = sum(config["weights_bytes"].values()) / 1e9
         exact = {True: "yes", False: "NO", None: "-"}[config["f32_exact"]]
         length = config["mean_accepted_length"]
+        low, high = config["speedup_interval"]
         lines.append(f"| {config['name']} | {config['engine']} | {config['tokens_per_second']:.2f} | "
-                     f"{config['speedup']:.2f}x | {config['agreement']:.3f} | {length or '-'} | {acceptance or '-'} | "
+                     f"{config['speedup']:.2f}x ({low:.2f}-{high:.2f}) | {config['agreement']:.3f} | {length or '-'} | {acceptance or '-'} | "
                      f"{weights:.2f} | {exact} |")
     return "\n".join(lines)
 

@@ -44,9 +44,12 @@ def test_bench_writes_json_markdown_and_chart_with_speedups_against_the_baseline
     assert names == ["target", "target,target-int8", "target,draft,lookup", "target-int8", "genai:target,draft"]
     baseline = result["configs"][0]
     assert baseline["speedup"] == 1.0 and baseline["agreement"] == 1.0
+    assert baseline["speedup_interval"] == [1.0, 1.0]
     for config in result["configs"]:
         assert {"name", "engine", "chain", "tokens_per_second", "speedup", "agreement"} <= set(config)
         assert config["tokens_per_second"] > 0
+        low, high = config["speedup_interval"]
+        assert low <= config["speedup"] <= high
     chains = {config["name"]: config for config in result["configs"]}
     assert chains["target,target-int8"]["f32_exact"] is True
     assert chains["target,draft,lookup"]["f32_exact"] is True
