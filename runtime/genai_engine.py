@@ -60,7 +60,7 @@ class GenAIEngine:
         self._genai = openvino_genai
         device: dict[str, Any] = {"INFERENCE_PRECISION_HINT": config.precision, "NUM_STREAMS": 1,
                                   "KV_CACHE_PRECISION": "f16" if config.precision == "bf16" else "f32"}
-        scheduler = openvino_genai.SchedulerConfig()  # genai's latency configuration, less prefix caching
+        scheduler = openvino_genai.SchedulerConfig()  # cache grows on demand, as in genai's latency configuration
         scheduler.enable_prefix_caching = False
         scheduler.max_num_batched_tokens = sys.maxsize  # read a prompt in one pass, as our runtime does
         options: dict[str, Any] = dict(device, scheduler_config=scheduler)
