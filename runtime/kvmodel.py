@@ -43,6 +43,7 @@ class KVModel:
         self._caches = [port for port in self.compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
         self._capacity = 0                   # tokens the cache tensors hold
         self.cached: list[int] = []          # tokens whose keys and values are valid in the cache, in order
+        self.tokens_computed = 0             # tokens run through the model since the last reset
 
     def logits(self, tokens: list[int], last: int) -> np.ndarray:
         """Logits (float32, [last, vocab]) at the final `last` positions of `tokens`.
@@ -65,10 +66,29 @@ class KVModel:
             LOGITS_COUNT: np.array([last], np.int64),
         })
         self.cached = list(tokens)
+        self.tokens_computed += len(new)
         return self.request.get_tensor("logits").data[:, 0].astype(np.float32)
 
     def reset(self) -> None:
         self.cached = []
+        self.tokens_computed = 0
+
+    def shares_cache_layout(self, other: "KVModel") -> bool:
+        """Same layers, heads, head size and precision: one model's keys and values fit the other's cache."""
+        return [(p.get_any_name(), p.get_element_type(), str(p.get_partial_shape())) for p in self._caches] == \
+               [(p.get_any_name(), p.get_element_type(), str(p.get_partial_shape())) for p in other._caches]
+
+    def adopt_cache(self, other: "KVModel") -> None:
+        """Take over the keys and values `other` holds for its cached tokens, instead of computing them.
+
+        Used for a quantized copy of the target: the target's own cache of the prompt is as good a context
+        for it as its own (better, if anything), and copying a few MB costs nothing next to a prompt read.
+        """
+        self._reserve(len(other.cached))
+        blocks = -(-len(other.cached) // BLOCK)
+        for mine, theirs in zip(self._caches, other._caches):
+            self.request.get_tensor(mine).data[:blocks] = other.request.get_tensor(theirs).data[:blocks]
+        self.cached = list(other.cached)
 
     def _reserve(self, tokens: int) -> None:
         """Grow the cache tensors (doubling, contents kept) so that they hold `tokens` positions."""

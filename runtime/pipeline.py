@@ -114,6 +114,7 @@ class Pipeline:
             self.levels.insert(0, level)
             below = level
         self.target: ModelLevel = self.levels[0]
+        self.prompt_sharers = [level for level in self.levels[1:] if _is_copy(folder.manifest, level, self.target)]
         self.last_result: Result | None = None
 
     @classmethod
@@ -155,7 +156,15 @@ class Pipeline:
         emitted = ""
         done = False
         while not done:
-            new, _, _ = self.target.step(tokens, max_new_tokens - len(generated), sampling, rng)
+            limit = max_new_tokens - len(generated)
+            if not generated and self.prompt_sharers:
+                # The target reads the prompt alone (and emits its first token); its quantized copies then take
+                # its cache of the prompt instead of reading the prompt themselves.
+                limit = 1
+            new, _, _ = self.target.step(tokens, limit, sampling, rng)
+            if not generated:
+                for level in self.prompt_sharers:
+                    level.model.adopt_cache(self.target.model)
             first_token_at = first_token_at or time.perf_counter()
             for token in new:
                 generated.append(token)
@@ -186,6 +195,13 @@ class Pipeline:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "levels": [level.stats.summary() | {"kernel": _kernel(level)} for level in self.levels],
         })
+
+
+def _is_copy(manifest: Manifest, level: ModelLevel | PromptLookup, target: ModelLevel) -> bool:
+    """A level made from the target's own weights (a quantized copy), whose KV cache has the target's layout."""
+    return (isinstance(level, ModelLevel)
+            and manifest.level(level.name).source_sha256 == manifest.level(target.name).source_sha256
+            and level.model.shares_cache_layout(target.model))
 
 
 def _kernel(level: ModelLevel | PromptLookup) -> str:

@@ -27,7 +27,7 @@ from .sampling import Sampling, accept_or_resample, distribution, draw
 class DraftControls:
     """How a level drafts for the level above it."""
     k: int = 8                 # most tokens proposed per request (the start value when adaptive)
-    confidence: float = 0.0    # stop drafting once a token's top probability falls below this (0 = never)
+    confidence: float = 0.0    # stop drafting after a token whose top probability is below this (0 = never)
     adaptive: bool = False     # grow k by 2 after a fully accepted proposal, shrink by 1 after a rejection
 
     def validate(self, name: str) -> None:
@@ -151,10 +151,12 @@ class ModelLevel:
         while len(out) < want:
             new, new_dists, new_logits = self.step(tokens + out, want - len(out), sampling, rng)
             for token, p, row in zip(new, new_dists, new_logits):
-                if self.controls.confidence and _top_probability(row, p) < self.controls.confidence:
-                    return out, dists
                 out.append(token)
                 dists.append(p)
+                # An unsure token is still proposed (it is computed, and verifying it costs the level above
+                # next to nothing), but drafting stops after it: the tokens after it would rarely survive.
+                if self.controls.confidence and _top_probability(row, p) < self.controls.confidence:
+                    return out, dists
         return out, dists
 
     def update(self, drafted: int, accepted: int) -> None:

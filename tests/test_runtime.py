@@ -42,6 +42,26 @@ def test_drafting_controls_change_speed_not_tokens(tiny_export, controls):
     assert tokens(tiny_export, chain, PROMPTS[0], controls=controls) == tokens(tiny_export, "target", PROMPTS[0])
 
 
+def test_an_unsure_draft_token_is_proposed_and_ends_the_proposal(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,draft", precision="f32",
+                         controls={"draft": DraftControls(k=6, confidence=0.9999)})
+    result = pipe.generate(PROMPTS[0], max_new_tokens=20)
+    assert result.tokens == tokens(tiny_export, "target", PROMPTS[0], n=20)
+    assert len(result.stats["levels"][1]["acceptance_by_position"]) == 1  # random weights: never that sure
+
+
+def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading_the_prompt(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8,target-mxfp4,draft", precision="f32")
+    prompt = " ".join(PROMPTS) * 6
+    prompt_tokens = len(pipe.folder.encode(prompt))
+    result = pipe.generate(prompt, max_new_tokens=12)
+    assert result.tokens == tokens(tiny_export, "target", prompt, n=12)
+    assert [level.name for level in pipe.prompt_sharers] == ["target-int8", "target-mxfp4"]
+    computed = {level.name: level.model.tokens_computed for level in pipe.levels}
+    assert computed["target-int8"] < prompt_tokens / 2 and computed["target-mxfp4"] < prompt_tokens / 2
+    assert computed["draft"] > prompt_tokens  # another model reads the prompt itself
+
+
 def test_growing_the_kv_cache_keeps_tokens_exact(tiny_export, monkeypatch):
     monkeypatch.setattr(kvmodel, "FIRST_CAPACITY", kvmodel.BLOCK)  # grows at 32, 64 and 128 positions
     chain = "target,target-mxfp4,draft"
