@@ -73,6 +73,12 @@ class ExportFolder:
             self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads)
         return self._models[name]
 
+    def is_copy_of_target(self, name: str) -> bool:
+        """A level made from the target's own weights (a quantized copy) can take the target's KV cache."""
+        return (name != "target"
+                and self.manifest.level(name).source_sha256 == self.manifest.level("target").source_sha256
+                and self.model(name).shares_cache_layout(self.model("target")))
+
     def pipeline(self, chain: str | list[str] | None = None,
                  controls: dict[str, DraftControls] | None = None) -> "Pipeline":
         """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft"."""
@@ -114,7 +120,8 @@ class Pipeline:
             self.levels.insert(0, level)
             below = level
         self.target: ModelLevel = self.levels[0]
-        self.prompt_sharers = [level for level in self.levels[1:] if _is_copy(folder.manifest, level, self.target)]
+        self.prompt_sharers = [level for level in self.levels[1:]
+                               if isinstance(level, ModelLevel) and folder.is_copy_of_target(level.name)]
         self.last_result: Result | None = None
 
     @classmethod
@@ -195,13 +202,6 @@ class Pipeline:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "levels": [level.stats.summary() | {"kernel": _kernel(level)} for level in self.levels],
         })
-
-
-def _is_copy(manifest: Manifest, level: ModelLevel | PromptLookup, target: ModelLevel) -> bool:
-    """A level made from the target's own weights (a quantized copy), whose KV cache has the target's layout."""
-    return (isinstance(level, ModelLevel)
-            and manifest.level(level.name).source_sha256 == manifest.level(target.name).source_sha256
-            and level.model.shares_cache_layout(target.model))
 
 
 def _kernel(level: ModelLevel | PromptLookup) -> str:

@@ -62,13 +62,22 @@ def cost_per_token(chain: list[str], k: dict[str, int], times: dict[str, dict[in
 
 def predict(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
             agreement: dict[tuple[str, str], float], prefill: dict[str, float] | None = None,
-            new_tokens: int = 128) -> float:
-    """Expected tokens per second of the chain under the cost model, every level's prompt read included."""
-    reads = sum((prefill or {}).get(name, 0.0) for name in chain)
-    return new_tokens * 1000.0 / (reads + new_tokens * cost_per_token(chain, k, times, agreement))
+            new_tokens: int = 128, copies: frozenset[str] = frozenset()) -> float:
+    """Expected tokens per second of the chain under the cost model, every level's prompt read included.
+
+    Copies of the target take its prompt cache instead of reading the prompt; in exchange the target reads
+    the prompt alone, which emits one token by a single-token step instead of by the chain.
+    """
+    readers = [name for name in chain if name not in copies]
+    reads = sum((prefill or {}).get(name, 0.0) for name in readers)
+    per_token = cost_per_token(chain, k, times, agreement)
+    if len(readers) < len(chain):
+        reads += step(times[chain[0]], 1) - per_token
+    return new_tokens * 1000.0 / (reads + new_tokens * per_token)
 
 
-def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_tokens: int) -> list[Plan]:
+def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_tokens: int,
+           copies: frozenset[str] = frozenset()) -> list[Plan]:
     """Every chain of up to MAX_DRAFT_LEVELS model levels (any order), with or without lookup, every k."""
     plans = []
     drafts = [name for name in levels if name != "target"]
@@ -80,7 +89,7 @@ def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_t
                     continue
                 for ks in itertools.product(K_CHOICES, repeat=len(chain) - 1):
                     k = dict(zip(chain[1:], ks))
-                    plans.append(Plan(chain, k, predict(chain, k, times, agreement, prefill, new_tokens)))
+                    plans.append(Plan(chain, k, predict(chain, k, times, agreement, prefill, new_tokens, copies)))
     return sorted(plans, key=lambda plan: -plan.tokens_per_second)
 
 
@@ -97,7 +106,8 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items())
             + f"; prompt read {prefill[name]:.0f}")
     agreement = profile.agreements(folder, levels, samples)
-    plans = search(levels, times, agreement, prefill, new_tokens)
+    copies = frozenset(name for name in levels if folder.is_copy_of_target(name))
+    plans = search(levels, times, agreement, prefill, new_tokens, copies)
     best = plans[0]
     say("best predicted: " + "; ".join(f"{','.join(p.chain)} k={p.k} {p.tokens_per_second:.1f} tok/s"
                                        for p in plans[:5]))

@@ -80,6 +80,10 @@ def test_the_cost_model_counts_committed_tokens_and_drafting_cost():
     # Reading the prompt costs every level once: 10 tokens at 28 ms plus 300 + 50 ms.
     prefill = {"target": 300.0, "draft": 50.0}
     assert abs(predict(["target", "draft"], {"draft": 4}, times, always, prefill, 10) - 10_000 / 630) < 1e-9
+    # A copy of the target reads no prompt; the target's prompt read then emits one token in a 100 ms step.
+    copies = frozenset({"draft"})
+    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, prefill, 10, copies)
+               - 10_000 / (300 + 100 + 9 * 28)) < 1e-9
 
 
 def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
