@@ -45,7 +45,8 @@ def main():
                 nodes[info.node_type] += info.real_time.total_seconds()
         total = sum(nodes.values())
         shares = ", ".join(f"{kind} {100 * t / total:.1f} %" for kind, t in nodes.most_common(4))
-        print(f"{args.level} n={n}: {statistics.median(walls[1:]):.1f} ms; {shares}  {args.property or ''}")
+        print(f"{args.level} n={n}: {statistics.median(walls[1:]):.1f} ms, nodes {1000 * total / len(walls):.1f} ms; "
+              f"{shares}  {args.property or ''}")
 
 
 if __name__ == "__main__":
