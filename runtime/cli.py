@@ -65,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
                         help="draft tokens per request: N for every level or LEVEL=N,... "
                              "(default: what `specqd tune` chose, else 8)")
     shared.add_argument("--confidence", type=lambda t: _per_level(t, float),
-                        help="stop drafting below this top probability: X or LEVEL=X,... (default 0: never)")
+                        help="stop drafting after a token whose top probability is below this: X or LEVEL=X,... "
+                             "(default: what `specqd tune` chose, else 0: never)")
     shared.add_argument("--adaptive", action="store_true", help="adapt each level's k to its acceptance")
 
     top = argparse.ArgumentParser(prog="specqd", description="Speculative generation with OpenVINO levels.")
@@ -165,7 +166,7 @@ def _tune(args: argparse.Namespace) -> int:
     from .tune import tune
 
     choice = tune(_folder(args), prompts.load(args.prompts), args.max_new_tokens)
-    print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}\n"
+    print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}, confidence {choice['confidence']}\n"
           f"predicted {choice['predicted_tokens_per_second']} tok/s ({choice['predicted_speedup']}x), "
           f"measured {choice['measured_tokens_per_second']} tok/s ({choice['measured_speedup']}x over the target "
           f"alone)\nstored in {Path(args.out_dir) / 'specqd.json'}: generate and bench now use it by default")

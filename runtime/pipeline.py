@@ -86,11 +86,13 @@ class ExportFolder:
         return Pipeline(self, names or default_chain(self.manifest), controls or {})
 
     def default_controls(self, chain: list[str]) -> dict[str, DraftControls]:
-        """`specqd tune`'s draft lengths for this chain when it searched it; else the built-in defaults."""
-        tuned_k = (self.manifest.tuned or {}).get("k_by_chain", {}).get(",".join(chain))
+        """`specqd tune`'s draft settings for this chain when it searched it; else the built-in defaults."""
+        tuned = self.manifest.tuned or {}
+        tuned_k = tuned.get("k_by_chain", {}).get(",".join(chain))
         if tuned_k is None:
             return {name: DraftControls() for name in chain[1:]}
-        return {name: DraftControls(k=tuned_k[name]) for name in chain[1:]}
+        confidence = tuned.get("confidence_by_chain", {}).get(",".join(chain), {})
+        return {name: DraftControls(k=tuned_k[name], confidence=confidence.get(name, 0.0)) for name in chain[1:]}
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer([text])["input_ids"][0]]

@@ -2,13 +2,15 @@
 level's greedy token equals the level above's.
 
 Step times go through the runtime's own KVModel (paged KV cache), after a real prompt, so they are
-the times a verify round pays. Agreement is teacher-forced on the target's own greedy continuation.
+the times a verify round pays. Agreement is teacher-forced on the target's own greedy continuation, kept
+position by position (with the lower level's confidence) so that tune can replay drafting policies on it.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,34 +53,53 @@ def greedy_continuation(folder: ExportFolder, text: str, tokens: int) -> tuple[l
     return folder.encode(text), folder.pipeline(["target"]).generate(text, max_new_tokens=tokens).tokens
 
 
-def argmax_tokens(folder: ExportFolder, name: str, prompt: list[int], continuation: list[int]) -> np.ndarray:
-    """The level's greedy prediction at every continuation position, in one forward pass."""
+def predictions(folder: ExportFolder, name: str, prompt: list[int], continuation: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The level's greedy token at every continuation position, and its top probability, in one forward pass."""
     model = folder.model(name)
     model.reset()
-    return model.logits(prompt + continuation[:-1], len(continuation)).argmax(axis=-1)
+    logits = model.logits(prompt + continuation[:-1], len(continuation))
+    top_probability = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
+    return logits.argmax(axis=-1), top_probability
 
 
-def lookup_agreement(prompt: list[int], continuation: list[int], upper: np.ndarray) -> float:
-    """How often prompt lookup's first proposed token equals the upper level's token (no proposal: a miss)."""
+def lookup_matches(prompt: list[int], continuation: list[int], upper: np.ndarray) -> np.ndarray:
+    """Where prompt lookup's first proposed token equals the upper level's token (no proposal: a miss)."""
     lookup = PromptLookup(DraftControls(k=1))
-    hits = 0
+    hits = []
     for position, expected in enumerate(upper):
         proposal, _ = lookup.propose(prompt + continuation[:position], 1, None, None)
-        hits += bool(proposal) and proposal[0] == expected
-    return hits / len(upper)
+        hits.append(bool(proposal) and proposal[0] == expected)
+    return np.array(hits)
 
 
-def agreements(folder: ExportFolder, names: list[str], texts: list[tuple[list[int], list[int]]]) -> dict:
-    """Agreement of every ordered pair (upper, lower) of levels, lookup included as a lower level only."""
-    predictions = {name: [argmax_tokens(folder, name, p, c) for p, c in texts] for name in names}
-    result: dict[tuple[str, str], float] = {}
+@dataclass
+class Trace:
+    """How a lower level drafts for an upper one along the target's own text, position by position."""
+    matches: list[np.ndarray]    # per sample text: the lower level's greedy token equals the upper level's
+    sure: list[np.ndarray]       # per sample text: the lower level's top probability (1 for prompt lookup)
+
+    @property
+    def agreement(self) -> float:
+        return float(np.mean([m.mean() for m in self.matches]))
+
+
+def traces(folder: ExportFolder, names: list[str], texts: list[tuple[list[int], list[int]]]) -> dict:
+    """A Trace for every ordered pair (upper, lower) of levels, lookup included as a lower level only.
+
+    Teacher-forced on the target's text: while a draft's proposals are accepted it continues exactly that text,
+    so these are the tokens and probabilities it drafts with until its first rejection in a round.
+    """
+    predicted = {name: [predictions(folder, name, p, c) for p, c in texts] for name in names}
+    result: dict[tuple[str, str], Trace] = {}
     for upper in names:
+        upper_tokens = [tokens for tokens, _ in predicted[upper]]
         for lower in names + [LOOKUP]:
             if lower == upper:
                 continue
             if lower == LOOKUP:
-                scores = [lookup_agreement(p, c, u) for (p, c), u in zip(texts, predictions[upper])]
+                matches = [lookup_matches(p, c, u) for (p, c), u in zip(texts, upper_tokens)]
+                result[(upper, lower)] = Trace(matches, [np.ones(len(m)) for m in matches])
             else:
-                scores = [float((u == l_).mean()) for u, l_ in zip(predictions[upper], predictions[lower])]
-            result[(upper, lower)] = float(np.mean(scores))
+                result[(upper, lower)] = Trace([u == tokens for u, (tokens, _) in zip(upper_tokens, predicted[lower])],
+                                               [sure for _, sure in predicted[lower]])
     return result

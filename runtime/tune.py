@@ -1,13 +1,16 @@
-"""`specqd tune`: choose the chain and draft lengths that a cost model predicts fastest, and remember them.
+"""`specqd tune`: choose the chain and drafting settings that a cost model predicts fastest, and remember them.
 
-Cost model (greedy, each drafted token accepted independently with the measured agreement a):
-- a verify round at level v with drafter d drafting k tokens commits E(k, a) = (1 - a^(k+1)) / (1 - a)
-  tokens and costs k * c(d) + t_v(k + 1), with t_v(n) the measured step time over n tokens;
-- c(d), the cost per token of a drafter, is t_d(1) for a bottom model level, 0 for prompt lookup, and for a
-  level that drafts with its own drafter b: (k_b * c(b) + t_d(k_b + 1)) / E(k_b, a_db).
+Cost model (greedy): each level's step time t(n) over n tokens is measured, and so is, along the target's own
+text, where each lower level's greedy token equals each upper level's and how sure the lower level was
+(profile.traces). A drafting policy (up to k tokens per round, stopping after a token whose top probability
+is below the confidence threshold) is then replayed round by round along that text: a round drafts d tokens,
+keeps them up to the first mismatch and adds one, and costs d * c(lower) + t_upper(d + 1), where c is the
+lower level's cost per token (its own step time, 0 for prompt lookup, or recursively its own rounds' cost per
+token). Replaying measured runs instead of assuming each token independent matters: agreement comes in
+streaks (easy boilerplate, hard choices), which is what lets long, confidence-stopped drafts pay.
 The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The chosen
-configuration is stored in the manifest so that `generate` and `bench` use it by default, and so is the best
-predicted k of every other chain searched, so that any chain named runs with its own tuned draft lengths.
+configuration is stored in the manifest so that `generate` and `bench` use it by default, and so are the best
+settings of every other chain searched, so that any chain named runs with its own tuned settings.
 """
 
 from __future__ import annotations
@@ -15,26 +18,22 @@ from __future__ import annotations
 import itertools
 import sys
 from dataclasses import dataclass
+from functools import cache
 
 from . import profile
 from .pipeline import LOOKUP, ExportFolder
 from .speculative import DraftControls
 
-K_CHOICES = (1, 2, 3, 4, 5, 6, 8, 10, 12)
+K_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+CONFIDENCE_CHOICES = (0.0, 0.3, 0.5, 0.7)  # 0: draft k tokens whatever the draft's confidence
 MAX_DRAFT_LEVELS = 2  # model levels below the target; lookup may come after them
 
 
 @dataclass
 class Plan:
     chain: list[str]
-    k: dict[str, int]
+    controls: dict[str, tuple[int, float]]  # lower level -> (k, confidence)
     tokens_per_second: float
-
-
-def committed_per_round(k: int, agreement: float) -> float:
-    if agreement >= 1:
-        return k + 1.0
-    return (1 - agreement ** (k + 1)) / (1 - agreement)
 
 
 def step(times: dict[int, float], n: int) -> float:
@@ -49,36 +48,68 @@ def step(times: dict[int, float], n: int) -> float:
     return times[below] + (times[above] - times[below]) * (n - below) / (above - below)
 
 
-def cost_per_token(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
-                   agreement: dict[tuple[str, str], float]) -> float:
-    """Milliseconds per token that chain[0] emits, drafting with the rest of the chain below it."""
-    top = chain[0]
-    if len(chain) == 1:
-        return step(times[top], 1)
-    lower, n = chain[1], k[chain[1]]
-    lower_cost = 0.0 if lower == LOOKUP else cost_per_token(chain[1:], k, times, agreement)
-    return (n * lower_cost + step(times[top], n + 1)) / committed_per_round(n, agreement[(top, lower)])
+@dataclass
+class Rounds:
+    """Totals of one drafting policy replayed along the sample texts."""
+    drafted: int
+    verify_ms: float
+    tokens: int
 
 
-def predict(chain: list[str], k: dict[str, int], times: dict[str, dict[int, float]],
-            agreement: dict[tuple[str, str], float], prefill: dict[str, float] | None = None,
-            new_tokens: int = 128, copies: frozenset[str] = frozenset()) -> float:
-    """Expected tokens per second of the chain under the cost model, every level's prompt read included.
+def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[int, float]) -> Rounds:
+    drafted_total, verify_ms, tokens = 0, 0.0, 0
+    for matches, sure in zip(trace.matches, trace.sure):
+        position = 0
+        while position < len(matches):
+            drafted = 0
+            while drafted < min(k, len(matches) - position):
+                drafted += 1
+                if sure[position + drafted - 1] < confidence:  # proposed, and drafting stops after it
+                    break
+            accepted = 0
+            while accepted < drafted and matches[position + accepted]:
+                accepted += 1
+            drafted_total += drafted
+            verify_ms += step(upper_times, drafted + 1)
+            tokens += accepted + 1
+            position += accepted + 1
+    return Rounds(drafted_total, verify_ms, tokens)
 
-    Copies of the target take its prompt cache instead of reading the prompt; in exchange the target reads
-    the prompt alone, which emits one token by a single-token step instead of by the chain.
-    """
-    readers = [name for name in chain if name not in copies]
-    reads = sum((prefill or {}).get(name, 0.0) for name in readers)
-    per_token = cost_per_token(chain, k, times, agreement)
-    if len(readers) < len(chain):
-        reads += step(times[chain[0]], 1) - per_token
-    return new_tokens * 1000.0 / (reads + new_tokens * per_token)
+
+class CostModel:
+    def __init__(self, times: dict[str, dict[int, float]], traces: dict[tuple[str, str], profile.Trace],
+                 prefill: dict[str, float] | None = None, copies: frozenset[str] = frozenset()):
+        self.times, self.traces, self.prefill, self.copies = times, traces, prefill or {}, copies
+        self._replay = cache(lambda upper, lower, k, confidence:
+                             replay(traces[(upper, lower)], k, confidence, times[upper]))
+
+    def cost_per_token(self, chain: list[str], controls: dict[str, tuple[int, float]]) -> float:
+        """Milliseconds per token that chain[0] emits, drafting with the rest of the chain below it."""
+        top = chain[0]
+        if len(chain) == 1:
+            return step(self.times[top], 1)
+        lower = chain[1]
+        lower_cost = 0.0 if lower == LOOKUP else self.cost_per_token(chain[1:], controls)
+        rounds = self._replay(top, lower, *controls[lower])
+        return (rounds.drafted * lower_cost + rounds.verify_ms) / rounds.tokens
+
+    def tokens_per_second(self, chain: list[str], controls: dict[str, tuple[int, float]],
+                          new_tokens: int = 128) -> float:
+        """Expected speed, every level's prompt read included.
+
+        Copies of the target take its prompt cache instead of reading the prompt; in exchange the target reads
+        the prompt alone, which emits one token by a single-token step instead of by the chain.
+        """
+        readers = [name for name in chain if name not in self.copies]
+        reads = sum(self.prefill.get(name, 0.0) for name in readers)
+        per_token = self.cost_per_token(chain, controls)
+        if len(readers) < len(chain):
+            reads += step(self.times[chain[0]], 1) - per_token
+        return new_tokens * 1000.0 / (reads + new_tokens * per_token)
 
 
-def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_tokens: int,
-           copies: frozenset[str] = frozenset()) -> list[Plan]:
-    """Every chain of up to MAX_DRAFT_LEVELS model levels (any order), with or without lookup, every k."""
+def search(levels: list[str], model: CostModel, new_tokens: int) -> list[Plan]:
+    """Every chain of up to MAX_DRAFT_LEVELS model levels (any order), with or without lookup, every setting."""
     plans = []
     drafts = [name for name in levels if name != "target"]
     for depth in range(0, MAX_DRAFT_LEVELS + 1):
@@ -87,9 +118,11 @@ def search(levels: list[str], times: dict, agreement: dict, prefill: dict, new_t
                 chain = ["target", *middle, *tail]
                 if len(chain) == 1:
                     continue
-                for ks in itertools.product(K_CHOICES, repeat=len(chain) - 1):
-                    k = dict(zip(chain[1:], ks))
-                    plans.append(Plan(chain, k, predict(chain, k, times, agreement, prefill, new_tokens, copies)))
+                choices = [list(itertools.product(K_CHOICES, (0.0,) if name == LOOKUP else CONFIDENCE_CHOICES))
+                           for name in chain[1:]]
+                for settings in itertools.product(*choices):
+                    controls = dict(zip(chain[1:], settings))
+                    plans.append(Plan(chain, controls, model.tokens_per_second(chain, controls, new_tokens)))
     return sorted(plans, key=lambda plan: -plan.tokens_per_second)
 
 
@@ -98,21 +131,22 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     levels = [level.name for level in folder.manifest.levels]
     say(f"generating the target's greedy text on {len(texts)} prompts")
     samples = [profile.greedy_continuation(folder, text, new_tokens) for text in texts]
-    sizes = sorted({1, 2, 3, 4, 6, 9, max(K_CHOICES) + 1})
+    sizes = sorted({1, 2, 3, 4, 6, 9, 13, max(K_CHOICES) + 1})
     times, prefill = {}, {}
     for name in levels:
         times[name] = profile.step_times(folder, name, samples[0][0], sizes)
         prefill[name] = profile.prefill_ms(folder, name, samples[0][0])
         say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items())
             + f"; prompt read {prefill[name]:.0f}")
-    agreement = profile.agreements(folder, levels, samples)
+    traces = profile.traces(folder, levels, samples)
     copies = frozenset(name for name in levels if folder.is_copy_of_target(name))
-    plans = search(levels, times, agreement, prefill, new_tokens, copies)
+    model = CostModel(times, traces, prefill, copies)
+    plans = search(levels, model, new_tokens)
     best = plans[0]
-    say("best predicted: " + "; ".join(f"{','.join(p.chain)} k={p.k} {p.tokens_per_second:.1f} tok/s"
+    say("best predicted: " + "; ".join(f"{','.join(p.chain)} {_describe(p.controls)} {p.tokens_per_second:.1f} tok/s"
                                        for p in plans[:5]))
 
-    controls = {name: DraftControls(k=k) for name, k in best.k.items()}
+    controls = {name: DraftControls(k=k, confidence=confidence) for name, (k, confidence) in best.controls.items()}
     measured = {}
     for chain, chain_controls in ((["target"], {}), (best.chain, controls)):
         pipeline = folder.pipeline(chain, chain_controls)
@@ -120,25 +154,32 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         results = [pipeline.generate(text, max_new_tokens=new_tokens) for text in texts]
         measured[",".join(chain)] = sum(len(r.tokens) for r in results) / sum(r.stats["seconds"] for r in results)
     baseline, chosen = measured["target"], measured[",".join(best.chain)]
-    best_per_chain = {}
+    best_per_chain: dict[str, dict[str, tuple[int, float]]] = {}
     for plan in plans:  # sorted fastest first
-        best_per_chain.setdefault(",".join(plan.chain), plan.k)
+        best_per_chain.setdefault(",".join(plan.chain), plan.controls)
     choice = {
         "chain": best.chain,
-        "k": best.k,
-        "k_by_chain": best_per_chain,
+        "k": {name: k for name, (k, _) in best.controls.items()},
+        "confidence": {name: confidence for name, (_, confidence) in best.controls.items()},
+        "k_by_chain": {chain: {name: k for name, (k, _) in c.items()} for chain, c in best_per_chain.items()},
+        "confidence_by_chain": {chain: {name: confidence for name, (_, confidence) in c.items()}
+                                for chain, c in best_per_chain.items()},
         "predicted_tokens_per_second": round(best.tokens_per_second, 2),
-        "predicted_speedup": round(best.tokens_per_second /
-                                   predict(["target"], {}, times, agreement, prefill, new_tokens), 2),
+        "predicted_speedup": round(best.tokens_per_second / model.tokens_per_second(["target"], {}, new_tokens), 2),
         "measured_tokens_per_second": round(chosen, 2),
         "measured_speedup": round(chosen / baseline, 2),
         "step_ms": {name: {str(n): round(ms, 1) for n, ms in t.items()} for name, t in times.items()},
         "prompt_read_ms": {name: round(ms, 1) for name, ms in prefill.items()},
-        "agreement": {f"{upper}>{lower}": round(value, 3) for (upper, lower), value in agreement.items()},
+        "agreement": {f"{upper}>{lower}": round(trace.agreement, 3) for (upper, lower), trace in traces.items()},
     }
     folder.manifest.tuned = choice
     folder.manifest.write(folder.path)
     return choice
+
+
+def _describe(controls: dict[str, tuple[int, float]]) -> str:
+    return " ".join(f"{name}: k {k}" + (f" until p < {confidence}" if confidence else "")
+                    for name, (k, confidence) in controls.items())
 
 
 def say(message: str) -> None:

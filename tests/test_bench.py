@@ -68,22 +68,34 @@ def test_bench_refuses_configurations_the_export_lacks(tiny_export, capsys):
     assert "target,target-mxfp4" in capsys.readouterr().err
 
 
-def test_the_cost_model_counts_committed_tokens_and_drafting_cost():
-    from specqd.runtime.tune import committed_per_round, predict
+def test_the_cost_model_replays_drafting_rounds_along_the_measured_agreement():
+    import numpy as np
 
-    assert committed_per_round(4, 0.0) == 1.0 and committed_per_round(4, 1.0) == 5.0
-    times = {"target": {1: 100.0, 5: 100.0}, "draft": {1: 10.0, 5: 10.0}}
-    always = {("target", "draft"): 1.0}
-    # 4 drafted tokens at 10 ms, one 100 ms verify, 5 tokens committed: 28 ms per token.
-    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, new_tokens=10) - 1000 / 28) < 1e-9
-    assert predict(["target"], {}, times, always) == 10.0
+    from specqd.runtime.profile import Trace
+    from specqd.runtime.tune import CostModel
+
+    times = {"target": {1: 100.0, 25: 100.0}, "draft": {1: 10.0, 25: 10.0}}
+    agrees = Trace([np.ones(10, bool)], [np.ones(10)])
+    model = CostModel(times, {("target", "draft"): agrees})
+    # Rounds of 4 drafted tokens at 10 ms and one 100 ms verify commit 5 tokens: 28 ms per token.
+    assert model.cost_per_token(["target", "draft"], {"draft": (4, 0.0)}) == 28.0
+    assert model.tokens_per_second(["target"], {}) == 10.0
     # Reading the prompt costs every level once: 10 tokens at 28 ms plus 300 + 50 ms.
     prefill = {"target": 300.0, "draft": 50.0}
-    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, prefill, 10) - 10_000 / 630) < 1e-9
+    assert abs(CostModel(times, {("target", "draft"): agrees}, prefill).tokens_per_second(
+        ["target", "draft"], {"draft": (4, 0.0)}, 10) - 10_000 / 630) < 1e-9
     # A copy of the target reads no prompt; the target's prompt read then emits one token in a 100 ms step.
-    copies = frozenset({"draft"})
-    assert abs(predict(["target", "draft"], {"draft": 4}, times, always, prefill, 10, copies)
-               - 10_000 / (300 + 100 + 9 * 28)) < 1e-9
+    copy = CostModel(times, {("target", "draft"): agrees}, prefill, frozenset({"draft"}))
+    assert abs(copy.tokens_per_second(["target", "draft"], {"draft": (4, 0.0)}, 10) - 10_000 / (400 + 9 * 28)) < 1e-9
+    # Rejections end a round at the first mismatch: rounds draft 4 (the last only the 3 positions left), keep 2
+    # and add one.
+    streaks = Trace([np.array([1, 1, 0] * 4, bool)], [np.ones(12)])
+    assert CostModel(times, {("target", "draft"): streaks}).cost_per_token(["target", "draft"], {"draft": (4, 0.0)}) \
+        == ((4 + 4 + 4 + 3) * 10 + 4 * 100) / 12
+    # A draft unsure of every third token stops after it: rounds draft 3, keep 2 and add one.
+    unsure = Trace([np.array([1, 1, 0] * 4, bool)], [np.array([0.9, 0.9, 0.2] * 4)])
+    assert CostModel(times, {("target", "draft"): unsure}).cost_per_token(["target", "draft"], {"draft": (4, 0.5)}) \
+        == (3 * 10 + 100) / 3
 
 
 def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
@@ -100,11 +112,13 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     assert "predicted" in capsys.readouterr().out
     pipeline = ExportFolder(copy).pipeline()
     assert pipeline.chain == tuned["chain"]
-    assert [level.controls.k for level in pipeline.levels[1:]] == [tuned["k"][name] for name in tuned["chain"][1:]]
-    # Every chain the search covered runs with its own best k, not just the chosen one.
+    assert [(level.controls.k, level.controls.confidence) for level in pipeline.levels[1:]] == \
+        [(tuned["k"][name], tuned["confidence"][name]) for name in tuned["chain"][1:]]
+    # Every chain the search covered runs with its own best settings, not just the chosen one.
     other = next(chain for chain in tuned["k_by_chain"] if chain != ",".join(tuned["chain"]))
     controls = ExportFolder(copy).default_controls(other.split(","))
     assert {name: c.k for name, c in controls.items()} == tuned["k_by_chain"][other]
+    assert {name: c.confidence for name, c in controls.items()} == tuned["confidence_by_chain"][other]
 
 
 def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
