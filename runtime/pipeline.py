@@ -202,12 +202,15 @@ class Pipeline:
             "tokens_per_second": round(len(generated) / elapsed, 2),
             "python_overhead_seconds": round(elapsed - level_seconds, 3),
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "levels": [level.stats.summary() | {"kernel": _kernel(level)} for level in self.levels],
+            "levels": [level.stats.summary() | _model_stats(level) for level in self.levels],
         })
 
 
-def _kernel(level: ModelLevel | PromptLookup) -> str:
-    return level.model.kernel if isinstance(level, ModelLevel) else "-"
+def _model_stats(level: ModelLevel | PromptLookup) -> dict:
+    """The matmul kernel a level runs on, and how many tokens it ran through its model (prompt reads included)."""
+    if not isinstance(level, ModelLevel):
+        return {"kernel": "-", "tokens_computed": 0}
+    return {"kernel": level.model.kernel, "tokens_computed": level.model.tokens_computed}
 
 
 def default_chain(manifest: Manifest) -> list[str]:

@@ -57,7 +57,7 @@ def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading
     result = pipe.generate(prompt, max_new_tokens=12)
     assert result.tokens == tokens(tiny_export, "target", prompt, n=12)
     assert [level.name for level in pipe.prompt_sharers] == ["target-int8", "target-mxfp4"]
-    computed = {level.name: level.model.tokens_computed for level in pipe.levels}
+    computed = {level["level"]: level["tokens_computed"] for level in result.stats["levels"]}
     assert computed["target-int8"] < prompt_tokens / 2 and computed["target-mxfp4"] < prompt_tokens / 2
     assert computed["draft"] > prompt_tokens  # another model reads the prompt itself
 
