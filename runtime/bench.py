@@ -250,10 +250,14 @@ def speedup_interval(config: ConfigRun, baseline: ConfigRun, level: float = 0.9)
 
 
 def machine() -> str:
+    """CPU name with family and model: machines that report the same name ("AMD EPYC") differ in speed."""
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    cpu = names[0] if names else platform.processor() or "unknown CPU"
+    fields = dict(line.split(":", 1) for line in cpuinfo.read_text().split("\n\n")[0].splitlines()
+                  if ":" in line) if cpuinfo.exists() else {}
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    cpu = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields:
+        cpu += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return f"{cpu}, {os.cpu_count()} cores, OpenVINO {ov.get_version().split('-')[0]}"
 
 
