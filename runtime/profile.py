@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .pipeline import LOOKUP, ExportFolder
+from .sampling import top_probability
 from .speculative import DraftControls, PromptLookup
 
 
@@ -58,8 +59,7 @@ def predictions(folder: ExportFolder, name: str, prompt: list[int], continuation
     model = folder.model(name)
     model.reset()
     logits = model.logits(prompt + continuation[:-1], len(continuation))
-    top_probability = 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
-    return logits.argmax(axis=-1), top_probability
+    return logits.argmax(axis=-1), top_probability(logits)
 
 
 def lookup_matches(prompt: list[int], continuation: list[int], upper: np.ndarray) -> np.ndarray:

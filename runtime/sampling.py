@@ -31,6 +31,11 @@ class Sampling:
         return self.temperature == 0
 
 
+def top_probability(logits: np.ndarray) -> np.ndarray:
+    """Softmax probability of the most likely token, over the last axis: how sure a greedy level is."""
+    return 1.0 / np.exp(logits - logits.max(axis=-1, keepdims=True)).sum(axis=-1)
+
+
 def distribution(logits: np.ndarray, sampling: Sampling) -> np.ndarray:
     """The distribution a level samples from at one position: temperature, then top-k, then top-p."""
     scaled = logits.astype(np.float64) / sampling.temperature

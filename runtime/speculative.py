@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from .kvmodel import KVModel
-from .sampling import Sampling, accept_or_resample, distribution, draw
+from .sampling import Sampling, accept_or_resample, distribution, draw, top_probability
 
 
 @dataclass
@@ -216,4 +216,4 @@ def _adapt(k: int, controls: DraftControls, drafted: int, accepted: int) -> int:
 def _top_probability(logits: np.ndarray, probs: np.ndarray | None) -> float:
     if probs is not None:
         return float(probs.max())
-    return float(1.0 / np.exp(logits - logits.max()).sum())
+    return float(top_probability(logits))

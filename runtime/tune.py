@@ -79,7 +79,7 @@ def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[in
 class CostModel:
     def __init__(self, times: dict[str, dict[int, float]], traces: dict[tuple[str, str], profile.Trace],
                  prefill: dict[str, float] | None = None, copies: frozenset[str] = frozenset()):
-        self.times, self.traces, self.prefill, self.copies = times, traces, prefill or {}, copies
+        self.times, self.prefill, self.copies = times, prefill or {}, copies
         self._replay = cache(lambda upper, lower, k, confidence:
                              replay(traces[(upper, lower)], k, confidence, times[upper]))
 
