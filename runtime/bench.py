@@ -73,7 +73,7 @@ class ConfigRun:
         for prompt in prompts:
             result = self.runner.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
             samples.append(Sample(result.tokens, result.stats["seconds"], result.stats["levels"][0]["forward_passes"],
-                                  [level.stats for level in self.runner.levels]))
+                                  result.levels))
         return samples
 
     @property

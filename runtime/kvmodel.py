@@ -1,13 +1,17 @@
-"""One level's compiled IR with a KV cache that follows whatever token sequence it is asked about.
+"""One level's compiled IR with a paged KV cache that several token sequences share, block by block.
 
 The exported stateful IR is rewritten to OpenVINO's paged-attention form (the one openvino-genai runs): the KV
-cache becomes tensors this class owns, and each call says how many cached positions are valid. Rolling back
-rejected draft tokens is then free and leaves nothing behind: the next call starts from the shorter valid
-length and overwrites the stale slots (see docs/kv-rollback.md for the measurements behind the choice).
+cache becomes tensors of 32-token blocks that this class owns, and each call says, per sequence, which blocks
+hold it and how many cached positions are valid. Two things follow:
+- rolling back rejected draft tokens is free and leaves nothing behind: the next call starts from the shorter
+  valid length and overwrites the stale slots (docs/kv-rollback.md has the measurements behind the choice);
+- one forward pass can extend many sequences at once (a server's requests), each by its own number of tokens,
+  and give each the logits it asks for: that is how a batch of requests is verified in a single pass.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +24,15 @@ from .mxfp4_kernel import Kernel
 PRECISIONS = ("bf16", "f32")
 BLOCK = 32               # tokens per KV block: the only size OpenVINO's CPU plugin accepts
 FIRST_CAPACITY = 2048    # tokens the cache holds before it first grows
-LOGITS_COUNT = "logits_count"
+LOGITS_INDICES = "logits_indices"
+
+
+class CacheFull(RuntimeError):
+    """The level's block pool reached its limit; the caller frees sequences or waits."""
 
 
 def cpu_config(precision: str, threads: int = 0) -> dict:
-    """Compile properties of every level: batch 1 on all cores, an f16 KV cache in bf16 precision."""
+    """Compile properties of every level: one stream on all cores, an f16 KV cache in bf16 precision."""
     config = {"INFERENCE_PRECISION_HINT": precision, "KV_CACHE_PRECISION": "f16" if precision == "bf16" else "f32",
               "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
     if threads:
@@ -32,97 +40,156 @@ def cpu_config(precision: str, threads: int = 0) -> dict:
     return config
 
 
+@dataclass
+class Sequence:
+    """One token sequence's place in a level's cache."""
+    cached: list[int] = field(default_factory=list)   # tokens whose keys and values are valid, in order
+    blocks: list[int] = field(default_factory=list)   # pool blocks holding them, in order
+    computed: int = 0                                  # tokens run through the model for it
+
+
 class KVModel:
-    def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0):
+    def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0,
+                 max_blocks: int | None = None):
         ir = kernel.read_model(core, folder / "openvino_model.xml", precision)
         self.kernel = ir.kernel
         paged_attention_transformation(ir.model)
-        self.compiled = core.compile_model(_logits_for_last_positions(ir.model), "CPU", cpu_config(precision, threads))
+        self.compiled = core.compile_model(_logits_for_chosen_positions(ir.model), "CPU", cpu_config(precision, threads))
         self._weights = ir.weights
         self.request = self.compiled.create_infer_request()
         self._caches = [port for port in self.compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
-        self._capacity = 0                   # tokens the cache tensors hold
-        self.cached: list[int] = []          # tokens whose keys and values are valid in the cache, in order
-        self.tokens_computed = 0             # tokens run through the model since the last reset
+        self.max_blocks = max_blocks         # None: the pool grows as long as memory lasts
+        self._pool_blocks = 0                # blocks the cache tensors hold
+        self._free: list[int] = []
+        self.solo = Sequence()               # the sequence of `logits`, for one-sequence callers (profile, tune)
+        self.passes = 0                      # forward passes since load (server metrics)
+        self.tokens_computed = 0             # tokens run through the model since load
 
+    # One sequence: what profiling and tuning use.
     def logits(self, tokens: list[int], last: int) -> np.ndarray:
-        """Logits (float32, [last, vocab]) at the final `last` positions of `tokens`.
-
-        Only the tokens after the longest prefix the cache shares with `tokens` run through the model
-        (leaving at least `last` positions to compute); cache entries past that prefix are overwritten.
-        """
-        keep = min(_common_prefix(self.cached, tokens), len(tokens) - last)
-        new = tokens[keep:]
-        self._reserve(len(tokens))
-        blocks = -(-len(tokens) // BLOCK)
-        self.request.infer({
-            "input_ids": np.array(new, np.int64),
-            "position_ids": np.arange(keep, len(tokens), dtype=np.int64),
-            "past_lens": np.array([keep], np.int32),
-            "subsequence_begins": np.array([0, len(new)], np.int32),
-            "block_indices": np.arange(blocks, dtype=np.int32),
-            "block_indices_begins": np.array([0, blocks], np.int32),
-            "max_context_len": np.array(len(tokens), np.int32),
-            LOGITS_COUNT: np.array([last], np.int64),
-        })
-        self.cached = list(tokens)
-        self.tokens_computed += len(new)
-        return self.request.get_tensor("logits").data[:, 0].astype(np.float32)
+        """Logits (float32, [last, vocab]) at the final `last` positions of `tokens`, in the solo sequence."""
+        return self.run([(self.solo, tokens, last)])[0]
 
     def reset(self) -> None:
-        self.cached = []
-        self.tokens_computed = 0
+        self.free(self.solo)
+        self.solo.computed = 0
+
+    # Many sequences in one pass.
+    def run(self, batch: list[tuple[Sequence, list[int], int]]) -> list[np.ndarray]:
+        """One forward pass over every (sequence, tokens, last) entry: the logits at each one's final `last` positions.
+
+        For each entry only the tokens after the longest prefix its cache shares with `tokens` run through the
+        model (leaving at least `last` positions to compute); its cache entries past that prefix are overwritten.
+        """
+        news, positions, past, begins, block_ids, block_begins, rows = [], [], [], [0], [], [0], []
+        for sequence, tokens, last in batch:
+            keep = min(_common_prefix(sequence.cached, tokens), len(tokens) - last)
+            self._grow(sequence, len(tokens))
+            news.extend(tokens[keep:])
+            sequence.computed += len(tokens) - keep
+            positions.extend(range(keep, len(tokens)))
+            past.append(keep)
+            begins.append(len(news))
+            rows.extend(range(len(news) - last, len(news)))
+            block_ids.extend(sequence.blocks[:-(-len(tokens) // BLOCK)])
+            block_begins.append(len(block_ids))
+        self.request.infer({
+            "input_ids": np.array(news, np.int64),
+            "position_ids": np.array(positions, np.int64),
+            "past_lens": np.array(past, np.int32),
+            "subsequence_begins": np.array(begins, np.int32),
+            "block_indices": np.array(block_ids, np.int32),
+            "block_indices_begins": np.array(block_begins, np.int32),
+            "max_context_len": np.array(max(len(tokens) for _, tokens, _ in batch), np.int32),
+            LOGITS_INDICES: np.array(rows, np.int64),
+        })
+        for sequence, tokens, _ in batch:
+            sequence.cached = list(tokens)
+        self.tokens_computed += len(news)
+        self.passes += 1
+        logits = self.request.get_tensor("logits").data[:, 0].astype(np.float32)
+        ends = np.cumsum([last for _, _, last in batch])
+        return np.split(logits, ends[:-1])
+
+    def free(self, sequence: Sequence) -> None:
+        """Give a finished sequence's blocks back to the pool."""
+        self._free.extend(sequence.blocks)
+        sequence.blocks, sequence.cached = [], []
+
+    @property
+    def blocks_used(self) -> int:
+        return self._pool_blocks - len(self._free)
+
+    @property
+    def blocks_total(self) -> int:
+        """Blocks the pool may hold: its limit, or what it holds now when unlimited."""
+        return self.max_blocks or self._pool_blocks
+
+    def blocks_free(self) -> int:
+        return self.blocks_total - self.blocks_used
 
     def shares_cache_layout(self, other: "KVModel") -> bool:
         """Same layers, heads, head size and precision: one model's keys and values fit the other's cache."""
         return [(p.get_any_name(), p.get_element_type(), str(p.get_partial_shape())) for p in self._caches] == \
                [(p.get_any_name(), p.get_element_type(), str(p.get_partial_shape())) for p in other._caches]
 
-    def adopt_cache(self, other: "KVModel") -> None:
-        """Take over the keys and values `other` holds for its cached tokens, instead of computing them.
+    def adopt_cache(self, sequence: Sequence, other: "KVModel", theirs: Sequence) -> None:
+        """Give `sequence` the keys and values `other` holds for `theirs`, instead of computing them.
 
         Used for a quantized copy of the target: the target's own cache of the prompt is as good a context
         for it as its own (better, if anything), and copying a few MB costs nothing next to a prompt read.
         """
-        self._reserve(len(other.cached))
-        blocks = -(-len(other.cached) // BLOCK)
-        for mine, theirs in zip(self._caches, other._caches):
-            self.request.get_tensor(mine).data[:blocks] = other.request.get_tensor(theirs).data[:blocks]
-        self.cached = list(other.cached)
+        self._grow(sequence, len(theirs.cached))
+        count = -(-len(theirs.cached) // BLOCK)
+        mine_ids, their_ids = sequence.blocks[:count], theirs.blocks[:count]
+        for mine, port in zip(self._caches, other._caches):
+            self.request.get_tensor(mine).data[mine_ids] = other.request.get_tensor(port).data[their_ids]
+        sequence.cached = list(theirs.cached)
 
-    def _reserve(self, tokens: int) -> None:
-        """Grow the cache tensors (doubling, contents kept) so that they hold `tokens` positions."""
-        if tokens <= self._capacity:
+    def _grow(self, sequence: Sequence, tokens: int) -> None:
+        """Give `sequence` enough blocks for `tokens` positions, growing the pool (doubling) when it runs out."""
+        needed = -(-tokens // BLOCK) - len(sequence.blocks)
+        if needed <= 0:
             return
-        capacity = max(FIRST_CAPACITY, 2 * self._capacity, -(-tokens // BLOCK) * BLOCK)
+        if needed > len(self._free):
+            self._grow_pool(self._pool_blocks + needed - len(self._free))
+        sequence.blocks.extend(self._free[:needed])
+        del self._free[:needed]
+
+    def _grow_pool(self, at_least: int) -> None:
+        blocks = max(FIRST_CAPACITY // BLOCK, 2 * self._pool_blocks, at_least)
+        if self.max_blocks is not None:
+            if at_least > self.max_blocks:
+                raise CacheFull(f"the KV cache needs {at_least} blocks; its limit is {self.max_blocks}")
+            blocks = min(blocks, self.max_blocks)
         for port in self._caches:
             shape = port.get_partial_shape().get_min_shape()
-            shape[0] = capacity // BLOCK
+            shape[0] = blocks
             grown = ov.Tensor(port.get_element_type(), shape)
-            if self._capacity:
-                grown.data[:self._capacity // BLOCK] = self.request.get_tensor(port).data
+            if self._pool_blocks:
+                grown.data[:self._pool_blocks] = self.request.get_tensor(port).data
             self.request.set_tensor(port, grown)
-        self._capacity = capacity
+        self._free.extend(range(self._pool_blocks, blocks))
+        self._pool_blocks = blocks
 
 
-def _logits_for_last_positions(model: ov.Model) -> ov.Model:
-    """Compute the lm_head only for the positions whose logits are read, given by a new input.
+def _logits_for_chosen_positions(model: ov.Model) -> ov.Model:
+    """Compute the lm_head only for the token rows whose logits are read, given by a new input.
 
     Without it a prompt of 300 tokens runs the 151,936-wide lm_head 300 times and copies all the results out,
-    though only the last position's logits are used; a verify step needs the last k + 1. Paged attention puts
-    the tokens on the first axis ([tokens, 1, hidden]).
+    though only the last position's logits are used; a verify step needs the last k + 1 of each sequence in the
+    batch (openvino-genai gathers the same way). Paged attention puts the tokens on the first axis
+    ([tokens, 1, hidden]).
     """
     logits = next(output for output in model.outputs if "logits" in output.get_names())
     lm_head = logits.get_node().input_value(0).get_node()
     if lm_head.get_type_name() not in ("MatMul", "MXFP4MatMul"):
         raise ValueError(f"unexpected IR: logits come from {lm_head.get_type_name()}, not the lm_head MatMul")
-    count = ops.parameter([1], ov.Type.i64, name=LOGITS_COUNT)
-    count.output(0).set_names({LOGITS_COUNT})
-    hidden = lm_head.input_value(0)
-    last_positions = ops.slice(hidden, ops.negative(count), ops.constant([np.iinfo(np.int64).max]),
-                               ops.constant([1]), ops.constant([0]))
-    lm_head.input(0).replace_source_output(last_positions.output(0))
-    model.add_parameters([count])
+    indices = ops.parameter([-1], ov.Type.i64, name=LOGITS_INDICES)
+    indices.output(0).set_names({LOGITS_INDICES})
+    chosen = ops.gather(lm_head.input_value(0), indices, ops.constant(0))
+    lm_head.input(0).replace_source_output(chosen.output(0))
+    model.add_parameters([indices])
     model.validate_nodes_and_infer_types()
     return model
 

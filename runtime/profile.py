@@ -16,7 +16,7 @@ import numpy as np
 
 from .pipeline import LOOKUP, ExportFolder
 from .sampling import top_probability
-from .speculative import DraftControls, PromptLookup
+from .speculative import lookup
 
 
 def step_times(folder: ExportFolder, name: str, prompt: list[int], tokens: list[int],
@@ -64,10 +64,9 @@ def predictions(folder: ExportFolder, name: str, prompt: list[int], continuation
 
 def lookup_matches(prompt: list[int], continuation: list[int], upper: np.ndarray) -> np.ndarray:
     """Where prompt lookup's first proposed token equals the upper level's token (no proposal: a miss)."""
-    lookup = PromptLookup(DraftControls(k=1))
     hits = []
     for position, expected in enumerate(upper):
-        proposal, _ = lookup.propose(prompt + continuation[:position], 1, None, None)
+        proposal = lookup(prompt + continuation[:position], 1)
         hits.append(bool(proposal) and proposal[0] == expected)
     return np.array(hits)
 

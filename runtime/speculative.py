@@ -6,6 +6,10 @@ distribution each token was drawn from, and `update` with how many of them the l
 A model level proposes by running verify rounds of its own model against its own drafter, so the chain
 recurses to any depth; the prompt-lookup drafter ends a chain at no model cost.
 
+Every method works on a batch of jobs (one per generation: a server's requests, or a single prompt): a level
+runs ONE forward pass for all the jobs that still want tokens from it, and each job keeps its own cache
+sequence, draft length, random stream and stats, so what a job gets never depends on what shares its batch.
+
 Exactness: a level's verify round returns tokens distributed exactly as its own model (greedy: its own
 argmax), whatever its drafter proposed. So every level's proposals are samples of that level's model, and
 the target's output is the target's own.
@@ -19,7 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .kvmodel import KVModel
+from .kvmodel import KVModel, Sequence
 from .sampling import Sampling, accept_or_resample, distribution, draw, top_probability
 
 
@@ -84,117 +88,150 @@ class LevelStats:
         }
 
 
+@dataclass
+class Job:
+    """One generation's state in every level of its chain."""
+    sampling: Sampling
+    rng: np.random.Generator
+    controls: dict[str, DraftControls]          # by drafting level name
+    k: dict[str, int] = field(default_factory=dict)            # current draft length (changes when adaptive)
+    sequences: dict[str, Sequence] = field(default_factory=dict)  # by model level name
+    stats: dict[str, LevelStats] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.k = {name: control.k for name, control in self.controls.items()}
+
+
+Proposal = tuple[list[int], list[np.ndarray | None]]   # tokens, and the distribution each was drawn from
+Round = tuple[list[int], list[np.ndarray | None], np.ndarray]  # verified tokens, their distributions, logits
+
+
 class Drafter(Protocol):
-    stats: LevelStats
+    name: str
 
-    def reset(self) -> None: ...
+    def propose(self, jobs: list[Job], tokens: list[list[int]], limits: list[int]) -> list[Proposal]: ...
 
-    def propose(self, tokens: list[int], limit: int, sampling: Sampling,
-                rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]: ...
-
-    def update(self, drafted: int, accepted: int) -> None: ...
+    def update(self, job: Job, drafted: int, accepted: int) -> None: ...
 
 
 class ModelLevel:
     """A model that emits tokens of its own distribution, several per forward pass when it has a drafter."""
 
-    def __init__(self, name: str, model: KVModel, drafter: Drafter | None, controls: DraftControls):
+    def __init__(self, name: str, model: KVModel, drafter: Drafter | None):
         self.name = name
         self.model = model
         self.drafter = drafter
-        self.controls = controls
-        self.reset()
+        self.seconds = 0.0   # in forward passes since load, over all jobs (server metrics)
 
-    def reset(self) -> None:
-        """Start a generation afresh (no cache reuse), so that a fixed seed always reproduces its output."""
-        self.k = self.controls.k
-        self.stats = LevelStats(self.name)
-        self.model.reset()
-
-    def step(self, tokens: list[int], limit: int, sampling: Sampling,
-             rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None], list[np.ndarray]]:
-        """One forward pass: 1..limit new tokens, each one's distribution (None when greedy) and logits."""
-        draft, draft_dists = [], []
-        if self.drafter is not None and limit > 1:
-            draft, draft_dists = self.drafter.propose(tokens, limit - 1, sampling, rng)
+    def step(self, jobs: list[Job], tokens: list[list[int]], limits: list[int]) -> list[Round]:
+        """One forward pass for all jobs: each gets 1..limit new tokens, their distributions (None when greedy)
+        and logits."""
+        drafts: list[Proposal] = [([], [])] * len(jobs)
+        asking = [i for i, limit in enumerate(limits) if limit > 1]
+        if self.drafter is not None and asking:
+            proposals = self.drafter.propose([jobs[i] for i in asking], [tokens[i] for i in asking],
+                                             [limits[i] - 1 for i in asking])
+            for i, proposal in zip(asking, proposals):
+                drafts[i] = proposal
         started = time.perf_counter()
-        logits = self.model.logits(tokens + draft, len(draft) + 1)
-        self.stats.seconds += time.perf_counter() - started
-        self.stats.forward_passes += 1
+        logits = self.model.run([(job.sequences[self.name], sequence + draft, len(draft) + 1)
+                                 for job, sequence, (draft, _) in zip(jobs, tokens, drafts)])
+        elapsed = time.perf_counter() - started
+        self.seconds += elapsed
 
-        out: list[int] = []
-        dists: list[np.ndarray | None] = []
-        for position, row in enumerate(logits):
-            p = None if sampling.greedy else distribution(row, sampling)
-            dists.append(p)
-            if position == len(draft):  # every draft token accepted: the bonus token
-                out.append(int(row.argmax()) if p is None else draw(p, rng))
-                break
-            token = _verify(draft[position], row, p, draft_dists[position], rng)
-            out.append(token)
-            if token != draft[position]:  # a rejection always replaces the token with another one
-                break
-        if self.drafter is not None and draft:
-            accepted = len(out) - 1
-            self.drafter.stats.record_verification(len(draft), accepted)
-            self.drafter.update(len(draft), accepted)
-        self.stats.verify_rounds += 1
-        self.stats.committed += len(out)
-        return out, dists, list(logits[:len(out)])
+        rounds = []
+        for job, (draft, draft_dists), rows in zip(jobs, drafts, logits):
+            out, dists = _verify_round(draft, draft_dists, rows, job.sampling, job.rng)
+            if self.drafter is not None and draft:
+                job.stats[self.drafter.name].record_verification(len(draft), len(out) - 1)
+                self.drafter.update(job, len(draft), len(out) - 1)
+            stats = job.stats[self.name]
+            stats.seconds += elapsed
+            stats.forward_passes += 1
+            stats.verify_rounds += 1
+            stats.committed += len(out)
+            rounds.append((out, dists, rows[:len(out)]))
+        return rounds
 
     # The Drafter side: used when this level sits below another.
-    def propose(self, tokens: list[int], limit: int, sampling: Sampling,
-                rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
-        want = min(self.k, limit)
-        out: list[int] = []
-        dists: list[np.ndarray | None] = []
-        while len(out) < want:
-            new, new_dists, new_logits = self.step(tokens + out, want - len(out), sampling, rng)
-            for token, p, row in zip(new, new_dists, new_logits):
-                out.append(token)
-                dists.append(p)
-                # An unsure token is still proposed (it is computed, and verifying it costs the level above
-                # next to nothing), but drafting stops after it: the tokens after it would rarely survive.
-                if self.controls.confidence and _top_probability(row, p) < self.controls.confidence:
-                    return out, dists
-        return out, dists
+    def propose(self, jobs: list[Job], tokens: list[list[int]], limits: list[int]) -> list[Proposal]:
+        wants = [min(job.k[self.name], limit) for job, limit in zip(jobs, limits)]
+        proposals: list[Proposal] = [([], []) for _ in jobs]
+        active = [i for i, want in enumerate(wants) if want > 0]
+        while active:
+            rounds = self.step([jobs[i] for i in active], [tokens[i] + proposals[i][0] for i in active],
+                               [wants[i] - len(proposals[i][0]) for i in active])
+            still = []
+            for i, (new, new_dists, new_logits) in zip(active, rounds):
+                out, dists = proposals[i]
+                confidence = jobs[i].controls[self.name].confidence
+                unsure = False
+                for token, p, row in zip(new, new_dists, new_logits):
+                    out.append(token)
+                    dists.append(p)
+                    # An unsure token is still proposed (it is computed, and verifying it costs the level above
+                    # next to nothing), but drafting stops after it: the tokens after it would rarely survive.
+                    if confidence and _top_probability(row, p) < confidence:
+                        unsure = True
+                        break
+                if not unsure and len(out) < wants[i]:
+                    still.append(i)
+            active = still
+        return proposals
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self.k = _adapt(self.k, self.controls, drafted, accepted)
+    def update(self, job: Job, drafted: int, accepted: int) -> None:
+        job.k[self.name] = _adapt(job.k[self.name], job.controls[self.name], drafted, accepted)
 
 
 class PromptLookup:
     """Drafts by copying what followed the latest earlier occurrence of the text's last n-gram."""
 
-    def __init__(self, controls: DraftControls, max_ngram: int = 3):
+    def __init__(self, max_ngram: int = 3):
         self.name = "lookup"
-        self.controls = controls
         self.max_ngram = max_ngram
-        self.reset()
 
-    def reset(self) -> None:
-        self.k = self.controls.k
-        self.stats = LevelStats(self.name)
+    def propose(self, jobs: list[Job], tokens: list[list[int]], limits: list[int]) -> list[Proposal]:
+        proposals = []
+        for job, sequence, limit in zip(jobs, tokens, limits):
+            started = time.perf_counter()
+            found = lookup(sequence, min(job.k[self.name], limit), self.max_ngram)
+            job.stats[self.name].seconds += time.perf_counter() - started
+            proposals.append((found, [None] * len(found)))  # deterministic proposals: q is a point mass
+        return proposals
 
-    def propose(self, tokens: list[int], limit: int, sampling: Sampling,
-                rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
-        started = time.perf_counter()
-        want = min(self.k, limit)
-        found: list[int] = []
-        array = np.asarray(tokens)
-        for n in range(min(self.max_ngram, len(tokens) - 1), 0, -1):
-            tail = array[-n:]
-            windows = np.lib.stride_tricks.sliding_window_view(array[:-1], n)
-            hits = np.flatnonzero((windows == tail).all(axis=1))
-            if hits.size:
-                start = int(hits[-1]) + n
-                found = tokens[start:start + want]
-                break
-        self.stats.seconds += time.perf_counter() - started
-        return found, [None] * len(found)  # deterministic proposals: q is a point mass
+    def update(self, job: Job, drafted: int, accepted: int) -> None:
+        job.k[self.name] = _adapt(job.k[self.name], job.controls[self.name], drafted, accepted)
 
-    def update(self, drafted: int, accepted: int) -> None:
-        self.k = _adapt(self.k, self.controls, drafted, accepted)
+
+def lookup(tokens: list[int], want: int, max_ngram: int = 3) -> list[int]:
+    """Up to `want` tokens that followed the latest earlier occurrence of the longest matching tail n-gram."""
+    array = np.asarray(tokens)
+    for n in range(min(max_ngram, len(tokens) - 1), 0, -1):
+        tail = array[-n:]
+        windows = np.lib.stride_tricks.sliding_window_view(array[:-1], n)
+        hits = np.flatnonzero((windows == tail).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return tokens[start:start + want]
+    return []
+
+
+def _verify_round(draft: list[int], draft_dists: list[np.ndarray | None], logits: np.ndarray,
+                  sampling: Sampling, rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
+    """The tokens a level keeps from one verify pass: the accepted draft prefix, then its own next token."""
+    out: list[int] = []
+    dists: list[np.ndarray | None] = []
+    for position, row in enumerate(logits):
+        p = None if sampling.greedy else distribution(row, sampling)
+        dists.append(p)
+        if position == len(draft):  # every draft token accepted: the bonus token
+            out.append(int(row.argmax()) if p is None else draw(p, rng))
+            break
+        token = _verify(draft[position], row, p, draft_dists[position], rng)
+        out.append(token)
+        if token != draft[position]:  # a rejection always replaces the token with another one
+            break
+    return out, dists
 
 
 def _verify(proposed: int, logits: np.ndarray, p: np.ndarray | None, q: np.ndarray | None,

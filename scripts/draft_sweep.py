@@ -29,7 +29,7 @@ def parse(variant: str, folder: ExportFolder):
         controls[name] = DraftControls(k=int(k), confidence=float(confidence or 0))
     pipeline = folder.pipeline(names, controls)
     if not share:
-        pipeline.prompt_sharers = []
+        pipeline.runner.prompt_sharers = []
     return pipeline
 
 

@@ -4,9 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
-# The CPU build of torch first: a bare "torch" from PyPI is a multi-GB CUDA build.
-"${pip[@]}" install --quiet "torch==2.13.0"
-"${pip[@]}" install --quiet -e ".[dev]"
+# The CPU build of torch, held by a constraint through the whole install: a bare "torch" from PyPI is a
+# multi-GB CUDA build, and optimum-intel's torchvision would otherwise upgrade torch to one.
+constraint="$(mktemp)"; trap 'rm -f "$constraint"' EXIT
+echo "torch==2.13.0" > "$constraint"
+"${pip[@]}" install --quiet -c "$constraint" "torch==2.13.0"
+"${pip[@]}" install --quiet -c "$constraint" -e ".[dev]"
 # optimum-intel pulls in torchvision, whose PyPI build fails to import beside the CPU torch
 # ("operator torchvision::nms does not exist") and then breaks transformers. Nothing here needs it.
 "${pip[@]}" uninstall --quiet -y torchvision 2>/dev/null || true

@@ -112,7 +112,7 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     assert "predicted" in capsys.readouterr().out
     pipeline = ExportFolder(copy).pipeline()
     assert pipeline.chain == tuned["chain"]
-    assert [(level.controls.k, level.controls.confidence) for level in pipeline.levels[1:]] == \
+    assert [(pipeline.controls[name].k, pipeline.controls[name].confidence) for name in pipeline.chain[1:]] == \
         [(tuned["k"][name], tuned["confidence"][name]) for name in tuned["chain"][1:]]
     # Every chain the search covered runs with its own best settings, not just the chosen one.
     other = next(chain for chain in tuned["k_by_chain"] if chain != ",".join(tuned["chain"]))

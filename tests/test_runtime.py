@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from specqd.runtime import cli, kvmodel
-from specqd.runtime.pipeline import GenerationError, Pipeline
+from specqd.runtime.pipeline import ExportFolder, GenerationError, Pipeline, eos_ids
 from specqd.runtime.sampling import Sampling
 from specqd.runtime.speculative import DraftControls
 
@@ -56,7 +56,7 @@ def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading
     prompt_tokens = len(pipe.folder.encode(prompt))
     result = pipe.generate(prompt, max_new_tokens=12)
     assert result.tokens == tokens(tiny_export, "target", prompt, n=12)
-    assert [level.name for level in pipe.prompt_sharers] == ["target-int8", "target-mxfp4"]
+    assert [level.name for level in pipe.runner.prompt_sharers] == ["target-int8", "target-mxfp4"]
     computed = {level["level"]: level["tokens_computed"] for level in result.stats["levels"]}
     assert computed["target-int8"] < prompt_tokens / 2 and computed["target-mxfp4"] < prompt_tokens / 2
     assert computed["draft"] > prompt_tokens  # another model reads the prompt itself
@@ -95,6 +95,50 @@ def test_a_stop_string_ends_the_text_before_it(tiny_export):
     stop = full[10:13]
     text = pipe.generate(PROMPTS[0], max_new_tokens=30, stop=(stop,)).text
     assert text == full[:full.find(stop)]
+
+
+def test_a_stop_string_spanning_several_steps_never_shows_its_start(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target")  # one token per step: a 3-token stop string spans 3 steps
+    full = pipe.generate(PROMPTS[0], max_new_tokens=30).text
+    generated = pipe.last_result.tokens
+    stop = full[len(pipe.folder.decode(generated[:5])):len(pipe.folder.decode(generated[:8]))]
+    pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30, stop=(stop,)))
+    assert "".join(pieces) == pipe.last_result.text == full[:full.find(stop)]
+    assert pipe.last_result.finish_reason == "stop"
+
+
+def test_text_held_back_as_a_possible_stop_string_is_shown_when_it_is_not_one(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8")
+    full = pipe.generate(PROMPTS[0], max_new_tokens=30).text
+    pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30, stop=(full[-2:] + "\x00never",)))
+    assert "".join(pieces) == full and pipe.last_result.finish_reason == "length"
+
+
+def test_a_raw_completion_ends_at_the_tokenizers_eos_token_as_well_as_the_configs(tiny_export, tmp_path):
+    target = tiny_export / "target"
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json"):
+        shutil.copy(target / name, tmp_path / name)
+    vocab = json.loads((target / "tokenizer.json").read_text())["added_tokens"]
+    ids = {token["content"]: token["id"] for token in vocab}
+    for name in ("config.json", "generation_config.json"):  # as Qwen's instruct models: chat turns end at <|im_end|>
+        config = json.loads((tmp_path / name).read_text())
+        (tmp_path / name).write_text(json.dumps(config | {"eos_token_id": ids["<|im_end|>"]}))
+    assert eos_ids(tmp_path) == {ids["<|im_end|>"], ids["<|endoftext|>"]}
+
+
+def test_chat_prompts_are_rendered_with_the_models_own_template(tiny_export, capsys):
+    folder = ExportFolder(tiny_export)
+    user = [{"role": "user", "content": "hi"}]
+    assert folder.apply_chat_template(user) == ("<|im_start|>system\nYou are a tiny test model.<|im_end|>\n"
+                                                "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert folder.apply_chat_template([{"role": "system", "content": "Be brief."}] + user).startswith(
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi")
+    with pytest.raises(GenerationError, match="messages\\[0\\].role 'robot'"):
+        folder.apply_chat_template([{"role": "robot", "content": "hi"}])
+    assert cli.main(["generate", str(tiny_export), "--prompt", "hi", "--chat", "--chain", "target", "--json",
+                     "--max-new-tokens", "8", "--precision", "f32"]) == 0
+    chat_tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert chat_tokens == tokens(tiny_export, "target", folder.apply_chat_template(user), n=8)
 
 
 def draw_pairs(folder, chain, runs, sampling):

@@ -21,6 +21,15 @@ EOS = "<|endoftext|>"
 # The specials transformers' GGUF qwen2 converter adds, so the tokenizer loaded from GGUF has the same
 # added tokens (and ids) as the trained one.
 SPECIAL_TOKENS = [EOS, "<|im_start|>", "<|im_end|>"]
+# ChatML with a default system prompt, in the shape of Qwen2.5's own template (which adds tools).
+CHAT_TEMPLATE = (
+    "{%- if messages[0].role != 'system' %}"
+    "{{- '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}")
 # Qwen2's pre-tokenizer split, copied from transformers' Qwen2Converter so GGUF round trips give the same ids.
 QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
                r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
@@ -88,7 +97,9 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
     spec["model"]["vocab"] |= {token: len(spec["model"]["vocab"]) + i for i, token in enumerate(SPECIAL_TOKENS)}
     backend = Tokenizer.from_str(json.dumps(spec))
     backend.add_special_tokens(SPECIAL_TOKENS)
-    return Qwen2Tokenizer(tokenizer_object=backend)  # eos, pad and unk "<|endoftext|>", no bos, as in Qwen2
+    tokenizer = Qwen2Tokenizer(tokenizer_object=backend)  # eos, pad and unk "<|endoftext|>", no bos, as in Qwen2
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, *, seed: int = 0,

@@ -1,0 +1,171 @@
+"""Generations and the chain that advances them: the loop shared by `Pipeline` (one prompt) and the server
+(many requests in one batch).
+
+A `Generation` is one request's progress: its tokens, the text it may show so far, and why it finished. A
+`Chain` holds one chain's levels and runs a target round for any batch of generations in one target pass.
+Each generation is cut at its own end (EOS, max_new_tokens, or a stop string) token by token, so its tokens
+and text do not depend on how many tokens each round happened to verify, nor on what shared its batch.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .kvmodel import Sequence
+from .sampling import Sampling
+from .speculative import DraftControls, Job, LevelStats, ModelLevel, PromptLookup
+
+LOOKUP = "lookup"
+
+
+class GenerationError(ValueError):
+    pass
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    job: Job
+    generated: list[int] = field(default_factory=list)
+    text: str = ""                    # the text it may show: stop strings cut, possible stop prefixes held back
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
+    started: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    _shown: int = 0                   # characters of `text` already handed out by `take_text`
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def take_text(self) -> str:
+        """The text added since the last call."""
+        piece = self.text[self._shown:]
+        self._shown = len(self.text)
+        return piece
+
+    def stats(self, chain: "Chain") -> dict:
+        elapsed = time.perf_counter() - self.started
+        levels = [self.job.stats[name] for name in chain.names]
+        return {
+            "prompt_tokens": len(self.prompt_ids),
+            "new_tokens": len(self.generated),
+            "seconds": round(elapsed, 3),
+            "time_to_first_token": round((self.first_token_at or time.perf_counter()) - self.started, 3),
+            "tokens_per_second": round(len(self.generated) / elapsed, 2),
+            "python_overhead_seconds": round(elapsed - sum(level.seconds for level in levels), 3),
+            "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "levels": [level.summary() | chain.model_stats(name, self.job) for name, level in zip(chain.names, levels)],
+        }
+
+
+class Chain:
+    """One chain's levels, from the target down, built once over an export folder's shared models."""
+
+    def __init__(self, folder, names: list[str]):
+        check_chain(folder.manifest, names)
+        self.folder = folder
+        self.names = names
+        self.levels: list[ModelLevel | PromptLookup] = []
+        below = None
+        for name in reversed(names):
+            level = PromptLookup() if name == LOOKUP else ModelLevel(name, folder.model(name), below)
+            self.levels.insert(0, level)
+            below = level
+        self.target: ModelLevel = self.levels[0]
+        self.prompt_sharers = [level for level in self.levels[1:]
+                               if isinstance(level, ModelLevel) and folder.is_copy_of_target(level.name)]
+        self.model_levels = [level for level in self.levels if isinstance(level, ModelLevel)]
+
+    def start(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, stop: tuple[str, ...],
+              controls: dict[str, DraftControls]) -> Generation:
+        job = Job(sampling, np.random.default_rng(sampling.seed), controls,
+                  sequences={level.name: Sequence() for level in self.model_levels},
+                  stats={name: LevelStats(name) for name in self.names})
+        return Generation(list(prompt_ids), max_new_tokens, tuple(stop), job)
+
+    def step(self, generations: list[Generation], caps: list[int | None] | None = None) -> None:
+        """One target round for every generation, in one target pass (and batched passes of each draft level).
+
+        `caps` limits the draft tokens each generation's round verifies (0: no speculation this round).
+        """
+        limits = []
+        for generation, cap in zip(generations, caps or [None] * len(generations)):
+            limit = generation.max_new_tokens - len(generation.generated)
+            if not generation.generated and self.prompt_sharers:
+                # The target reads the prompt alone (and emits its first token); its quantized copies then take
+                # its cache of the prompt instead of reading the prompt themselves.
+                limit = 1
+            limits.append(limit if cap is None else min(limit, cap + 1))
+        rounds = self.target.step([g.job for g in generations], [g.prompt_ids + g.generated for g in generations],
+                                  limits)
+        for generation, (new, _, _) in zip(generations, rounds):
+            if not generation.generated:
+                generation.first_token_at = time.perf_counter()
+                for level in self.prompt_sharers:
+                    level.model.adopt_cache(generation.job.sequences[level.name], self.target.model,
+                                            generation.job.sequences[self.target.name])
+            self._extend(generation, new)
+
+    def release(self, generation: Generation) -> None:
+        """Free the generation's cache blocks in every level."""
+        for level in self.model_levels:
+            level.model.free(generation.job.sequences[level.name])
+
+    def model_stats(self, name: str, job: Job) -> dict:
+        """The matmul kernel a level runs on, and how many tokens it ran through its model (prompt reads included)."""
+        if name == LOOKUP:
+            return {"kernel": "-", "tokens_computed": 0}
+        return {"kernel": self.folder.model(name).kernel, "tokens_computed": job.sequences[name].computed}
+
+    def _extend(self, generation: Generation, new: list[int]) -> None:
+        """Append a round's tokens one by one, up to the first that ends the generation."""
+        folder = self.folder
+        for index, token in enumerate(new):
+            generation.generated.append(token)
+            if token in folder.eos_ids:
+                generation.finish_reason = "stop"
+            elif len(generation.generated) >= generation.max_new_tokens:
+                generation.finish_reason = "length"
+            if generation.stop or generation.finished or index == len(new) - 1:
+                generation.text = self._visible_text(generation, folder.decode(generation.generated))
+            if generation.finished:
+                return
+
+    @staticmethod
+    def _visible_text(generation: Generation, text: str) -> str:
+        """Cut the text at its first stop string; else hold back what may still become one, or an unfinished
+        UTF-8 sequence, so that no shown character is ever taken back."""
+        hits = [index for index in (text.find(stop) for stop in generation.stop) if index >= 0]
+        if hits:
+            generation.finish_reason = "stop"
+            return text[:min(hits)]
+        if generation.finished:
+            return text
+        held = max((size for stop in generation.stop for size in range(1, len(stop))
+                    if text.endswith(stop[:size])), default=0)
+        text = text[:len(text) - held]
+        return text.rstrip("\ufffd")
+
+
+def check_chain(manifest, chain: list[str]) -> None:
+    if not chain:
+        raise GenerationError("the chain is empty; it lists levels from the target down, e.g. target,draft")
+    if len(chain) > 1 and chain[0] != "target":  # a single level may run alone, e.g. to time a draft
+        raise GenerationError(f"chain {','.join(chain)}: its top must be the target level 'target'")
+    if chain[0] == LOOKUP:
+        raise GenerationError(f"chain {','.join(chain)}: '{LOOKUP}' cannot generate on its own")
+    if len(set(chain)) != len(chain):
+        raise GenerationError(f"chain {','.join(chain)}: a level appears twice")
+    if LOOKUP in chain[:-1]:
+        raise GenerationError(f"chain {','.join(chain)}: '{LOOKUP}' drafts without a model, so it must come last")
+    models = [manifest.level(name) for name in chain if name != LOOKUP]  # raises for unknown names
+    for level in models[1:]:
+        if level.tokenizer_sha256 != models[0].tokenizer_sha256:
+            raise GenerationError(f"levels {models[0].name} and {level.name} have different tokenizers; a draft must "
+                                  "share the target's vocabulary")
