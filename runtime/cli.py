@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..server import main as server_main
 from . import bench, prompts
 from .manifest import ManifestError
 from .mxfp4_kernel import KernelBuildError, build
@@ -103,6 +104,10 @@ def parser() -> argparse.ArgumentParser:
                           "the prompt read is timed too")
     profile_.add_argument("--json", action="store_true")
 
+    serve = commands.add_parser("serve", parents=[folder_arg], help="an OpenAI-compatible HTTP server that batches "
+                                                                   "speculative decoding across requests")
+    server_main.add_arguments(serve)
+
     commands.add_parser("build-kernel", help="compile specqd's MXFP4 kernel into the cache (needs cmake and g++)")
     return top
 
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile,
-                "build-kernel": _build_kernel}[args.command](args)
+                "serve": server_main.serve, "build-kernel": _build_kernel}[args.command](args)
     except (GenerationError, ManifestError, prompts.PromptSpecError, KernelBuildError) as error:
         print(f"specqd: error: {error}", file=sys.stderr)
         return 1

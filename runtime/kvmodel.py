@@ -11,6 +11,7 @@ hold it and how many cached positions are valid. Two things follow:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class KVModel:
         self.solo = Sequence()               # the sequence of `logits`, for one-sequence callers (profile, tune)
         self.passes = 0                      # forward passes since load (server metrics)
         self.tokens_computed = 0             # tokens run through the model since load
+        self.seconds = 0.0                   # spent in forward passes since load
 
     # One sequence: what profiling and tuning use.
     def logits(self, tokens: list[int], last: int) -> np.ndarray:
@@ -93,6 +95,7 @@ class KVModel:
             rows.extend(range(len(news) - last, len(news)))
             block_ids.extend(sequence.blocks[:-(-len(tokens) // BLOCK)])
             block_begins.append(len(block_ids))
+        started = time.perf_counter()
         self.request.infer({
             "input_ids": np.array(news, np.int64),
             "position_ids": np.array(positions, np.int64),
@@ -105,6 +108,7 @@ class KVModel:
         })
         for sequence, tokens, _ in batch:
             sequence.cached = list(tokens)
+        self.seconds += time.perf_counter() - started
         self.tokens_computed += len(news)
         self.passes += 1
         logits = self.request.get_tensor("logits").data[:, 0].astype(np.float32)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -59,6 +60,7 @@ class ExportFolder:
         target_dir = self.path / self.manifest.level("target").path
         self.tokenizer = self.core.compile_model(target_dir / "openvino_tokenizer.xml", "CPU")
         self.detokenizer = self.core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
+        self._text_lock = threading.Lock()  # a server encodes requests and decodes outputs on two threads
         config = json.loads((target_dir / "config.json").read_text())
         self.context = int(config.get("max_position_embeddings", 32768))
         self.eos_ids = eos_ids(target_dir)
@@ -71,6 +73,9 @@ class ExportFolder:
             self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads,
                                          self.max_blocks)
         return self._models[name]
+
+    def loaded_models(self) -> dict[str, KVModel]:
+        return dict(self._models)
 
     def is_copy_of_target(self, name: str) -> bool:
         """A level made from the target's own weights (a quantized copy) can take the target's KV cache."""
@@ -94,10 +99,16 @@ class ExportFolder:
         return {name: DraftControls(k=tuned_k[name], confidence=confidence.get(name, 0.0)) for name in chain[1:]}
 
     def encode(self, text: str) -> list[int]:
-        return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
+        with self._text_lock:
+            return [int(i) for i in self.tokenizer([text])["input_ids"][0]]
 
     def decode(self, tokens: list[int]) -> str:
-        return str(self.detokenizer(np.array([tokens], np.int64))["string_output"][0])
+        with self._text_lock:
+            return str(self.detokenizer(np.array([tokens], np.int64))["string_output"][0])
+
+    @property
+    def vocabulary_size(self) -> int:
+        return self.model("target").compiled.output("logits").get_partial_shape()[-1].get_length()
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         """The model's own chat template (from its tokenizer files) applied to messages of system, user and

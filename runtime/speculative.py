@@ -46,6 +46,7 @@ class LevelStats:
     name: str
     forward_passes: int = 0
     seconds: float = 0.0
+    drafts: int = 0              # proposals this level made to the level above (verify steps with a draft)
     drafted: int = 0             # tokens this level proposed to the level above
     accepted: int = 0            # of those, accepted
     drafted_at: list[int] = field(default_factory=list)   # by draft position
@@ -54,6 +55,7 @@ class LevelStats:
     committed: int = 0           # tokens those steps produced, bonus included
 
     def record_verification(self, drafted: int, accepted: int) -> None:
+        self.drafts += 1
         self.record_counts(drafted, accepted, [1] * drafted, [1] * accepted)
 
     def record_counts(self, drafted: int, accepted: int, drafted_at: list[int], accepted_at: list[int]) -> None:
@@ -71,6 +73,7 @@ class LevelStats:
         """Accumulate another generation's counts (benchmarks sum over prompts)."""
         self.forward_passes += other.forward_passes
         self.seconds += other.seconds
+        self.drafts += other.drafts
         self.verify_rounds += other.verify_rounds
         self.committed += other.committed
         self.record_counts(other.drafted, other.accepted, other.drafted_at, other.accepted_at)
@@ -80,6 +83,7 @@ class LevelStats:
             "level": self.name,
             "forward_passes": self.forward_passes,
             "seconds": round(self.seconds, 3),
+            "drafts": self.drafts,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "acceptance_rate": round(self.accepted / self.drafted, 3) if self.drafted else None,
@@ -121,7 +125,6 @@ class ModelLevel:
         self.name = name
         self.model = model
         self.drafter = drafter
-        self.seconds = 0.0   # in forward passes since load, over all jobs (server metrics)
 
     def step(self, jobs: list[Job], tokens: list[list[int]], limits: list[int]) -> list[Round]:
         """One forward pass for all jobs: each gets 1..limit new tokens, their distributions (None when greedy)
@@ -137,7 +140,6 @@ class ModelLevel:
         logits = self.model.run([(job.sequences[self.name], sequence + draft, len(draft) + 1)
                                  for job, sequence, (draft, _) in zip(jobs, tokens, drafts)])
         elapsed = time.perf_counter() - started
-        self.seconds += elapsed
 
         rounds = []
         for job, (draft, draft_dists), rows in zip(jobs, drafts, logits):

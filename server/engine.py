@@ -1,0 +1,248 @@
+"""The engine: one thread owns the compiled models and advances every running request together.
+
+Each loop turn admits waiting requests while the batch and the KV cache have room, reads one chunk of a long
+prompt, then runs one speculative round for all running requests of a chain in ONE target pass (each draft
+level also proposes for all of them in batched passes), and hands each request the text it gained. Requests
+join and leave at every turn; a request's tokens never depend on what shares its batch (runtime/generation.py).
+The HTTP side talks to it through `submit` and `Work.cancelled`; events come back through `Work.emit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..runtime import profile
+from ..runtime.generation import LOOKUP, Chain, Generation
+from ..runtime.kvmodel import BLOCK
+from ..runtime.pipeline import ExportFolder
+from ..runtime.sampling import Sampling
+from ..runtime.speculative import DraftControls
+from .budget import DraftBudget
+from .metrics import Metrics
+
+log = logging.getLogger("specqd.server")
+STEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)  # tokens per pass at which the budget measures step times
+MARGIN_TOKENS = 64                           # KV room a request may use beyond prompt + max_tokens (drafts)
+
+
+class QueueFull(RuntimeError):
+    pass
+
+
+class TooLong(ValueError):
+    pass
+
+
+@dataclass
+class EngineConfig:
+    chain: list[str]             # the default chain, from the target down
+    max_batch: int = 8           # requests running at once
+    max_queue: int = 64          # requests waiting beyond those
+    kv_cache_tokens: int = 0     # per level; 0: max_batch x the model's context
+    prefill_chunk: int = 256     # prompt tokens read per turn beside the running requests
+
+
+@dataclass
+class Event:
+    text: str = ""
+    finished: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Work:
+    """One prompt's generation as the engine sees it."""
+    prompt_ids: list[int]
+    max_tokens: int
+    sampling: Sampling
+    stop: tuple[str, ...]
+    chain: tuple[str, ...]
+    controls: dict[str, DraftControls]
+    emit: Callable[[Event], None]    # called on the engine thread; must not block
+    arrived: float = field(default_factory=time.perf_counter)
+    cancelled: bool = False          # set by the HTTP side when the client goes away
+    generation: Generation | None = None
+    last_token_at: float | None = None
+
+    @property
+    def reserved_blocks(self) -> int:
+        return -(-(len(self.prompt_ids) + self.max_tokens + MARGIN_TOKENS) // BLOCK)
+
+
+class Engine:
+    def __init__(self, folder: ExportFolder, config: EngineConfig, metrics: Metrics):
+        self.folder = folder
+        self.config = config
+        self.metrics = metrics
+        self.block_limit = -(-(config.kv_cache_tokens or config.max_batch * folder.context) // BLOCK)
+        self.waiting: deque[Work] = deque()
+        self.running: list[Work] = []
+        self._chains: dict[tuple[str, ...], Chain] = {}
+        self._budgets: dict[tuple[str, ...], DraftBudget] = {}
+        self._accepted: dict[tuple[str, ...], list[int]] = {}  # per chain: [accepted, drafted] of finished requests
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="specqd-engine", daemon=True)
+
+    # The HTTP side.
+    def start(self) -> None:
+        """Compile the default chain's models and measure their step times, then start the loop."""
+        self.chain(tuple(self.config.chain))
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, work: Work) -> None:
+        if work.reserved_blocks > self.block_limit:
+            raise TooLong(f"the prompt ({len(work.prompt_ids)} tokens) with max_tokens {work.max_tokens} needs more "
+                          f"than the server's KV cache of {self.block_limit * BLOCK} tokens per level; ask for fewer "
+                          "tokens or start the server with a larger --kv-cache-tokens")
+        with self._wake:
+            if len(self.waiting) >= self.config.max_queue:
+                raise QueueFull(f"the server's queue is full ({self.config.max_queue} requests waiting); retry later")
+            self.waiting.append(work)
+            self._wake.notify()
+
+    def chain(self, names: tuple[str, ...]) -> Chain:
+        """The chain's levels over the folder's shared models, built (and its step times measured) once."""
+        if names not in self._chains:
+            chain = Chain(self.folder, list(names))
+            self._budgets[names] = self._measure_budget(chain)
+            self.metrics.levels_ran(chain, count=False)
+            self._accepted[names] = [0, 0]
+            self._chains[names] = chain
+        return self._chains[names]
+
+    # The loop.
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopping and not self.running and not self.waiting:
+                    self._wake.wait()
+                if self._stopping:
+                    break
+            self._drop_cancelled()
+            self._admit()
+            try:
+                self._read_one_prompt_chunk()
+                self._step()
+            except Exception:  # a fault fails the requests it touched; the server goes on
+                log.error("engine step failed:\n%s", traceback.format_exc())
+                for work in list(self.running):
+                    self._finish(work, error="the engine failed while generating; see the server log")
+        for work in list(self.running) + list(self.waiting):
+            self._finish(work, error="the server is shutting down")
+
+    def _admit(self) -> None:
+        """Move waiting requests into the batch while it and every level's KV cache have room."""
+        used = sum(work.reserved_blocks for work in self.running)
+        while self.waiting and len(self.running) < self.config.max_batch:
+            work = self.waiting[0]
+            if work.cancelled:
+                self.waiting.popleft()
+                self.metrics.aborted(work)
+                continue
+            if used + work.reserved_blocks > self.block_limit:
+                break
+            self.waiting.popleft()
+            used += work.reserved_blocks
+            work.generation = self.chain(work.chain).start(work.prompt_ids, work.max_tokens, work.sampling,
+                                                           work.stop, work.controls)
+            self.metrics.admitted(work)
+            self.running.append(work)
+
+    def _drop_cancelled(self) -> None:
+        for work in [work for work in self.running if work.cancelled]:
+            self._release(work)
+            self.metrics.aborted(work)
+
+    def _read_one_prompt_chunk(self) -> None:
+        """Read one chunk of the first long unread prompt: at most one chunk per turn, so running requests wait
+        at most one chunk's pass for a new request."""
+        for work in self.running:
+            chain = self._chains[work.chain]
+            if chain.unread_prompt(work.generation) > self.config.prefill_chunk:
+                chain.read_prompt(work.generation, self.config.prefill_chunk)
+                return
+
+    def _step(self) -> None:
+        ready = [work for work in self.running
+                 if self._chains[work.chain].unread_prompt(work.generation) <= self.config.prefill_chunk]
+        for names in {work.chain for work in ready}:
+            batch = [work for work in ready if work.chain == names]
+            chain = self._chains[names]
+            had = [len(work.generation.generated) for work in batch]
+            chain.step([work.generation for work in batch], self._caps(names, batch))
+            self.metrics.levels_ran(chain)
+            for work, count in zip(batch, had):
+                self._deliver(work, len(work.generation.generated) - count)
+
+    def _caps(self, names: tuple[str, ...], batch: list[Work]) -> list[int | None] | None:
+        """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py)."""
+        if len(names) == 1:
+            return None
+        drafter = names[1]
+        accepted, drafted = self._accepted[names]
+        for work in batch:
+            stats = work.generation.job.stats[drafter]
+            accepted, drafted = accepted + stats.accepted, drafted + stats.drafted
+        most = max(work.generation.job.k[drafter] for work in batch)
+        best = self._budgets[names].best_k(len(batch), most, accepted, drafted)
+        return [best] * len(batch)
+
+    def _deliver(self, work: Work, new_tokens: int) -> None:
+        generation = work.generation
+        now = time.perf_counter()
+        self.metrics.tokens_arrived(work, new_tokens, now)
+        work.last_token_at = now
+        piece = generation.take_text()
+        if piece:
+            work.emit(Event(text=piece))
+        if generation.finished:
+            self._finish(work)
+
+    def _finish(self, work: Work, error: str | None = None) -> None:
+        if work in self.waiting:
+            self.waiting.remove(work)
+        if work.generation is not None and work in self.running:
+            counts = self._accepted[work.chain]
+            if len(work.chain) > 1:
+                stats = work.generation.job.stats[work.chain[1]]
+                counts[0] += stats.accepted
+                counts[1] += stats.drafted
+            self._release(work)
+        self.metrics.finished(work, error)
+        work.emit(Event(finished=True, error=error))
+
+    def _release(self, work: Work) -> None:
+        self._chains[work.chain].release(work.generation)
+        self.running.remove(work)
+        self.metrics.released(work, self._chains[work.chain])
+
+    def _measure_budget(self, chain: Chain) -> DraftBudget:
+        """Step times of the chain's top two levels at STEP_SIZES tokens per pass, after a real-sized prompt."""
+        prompt = self.folder.encode("def quick_sort(values: list[int]) -> list[int]:\n" * 8)
+        measured = {}
+        for name in chain.names[:2]:
+            if name == LOOKUP:
+                continue
+            log.info("measuring the step time of level %s at %s tokens per pass", name, STEP_SIZES)
+            measured[name] = profile.step_times(self.folder, name, prompt, list(STEP_SIZES), repeats=2)
+            self.folder.model(name).reset()
+        names = chain.names
+        draft = measured.get(names[1]) if len(names) > 1 else None
+        return DraftBudget(measured[names[0]], draft)

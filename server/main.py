@@ -1,0 +1,82 @@
+"""`specqd serve EXPORT_DIR`: load the export, start the engine, serve HTTP until interrupted.
+
+The options are declared here without importing the HTTP libraries, so that `specqd --help` works in a
+runtime-only install; `serve` imports them and says which extra to install when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ..runtime.generation import GenerationError, check_chain
+from ..runtime.kvmodel import BLOCK
+from ..runtime.pipeline import ExportFolder, default_chain
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chain", help="default chain, from the target down (default: what `specqd tune` chose, "
+                                        "else target,target-mxfp4,draft); a request may name another")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=8, help="requests generated together (default 8)")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests waiting beyond the batch; more get 429 (default 64)")
+    parser.add_argument("--kv-cache-tokens", type=int, default=0,
+                        help="KV cache size per level in tokens (default: max-batch x the model's context)")
+    parser.add_argument("--prefill-chunk", type=int, default=256,
+                        help="prompt tokens read per engine step beside running requests (default 256)")
+    parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API")
+    parser.add_argument("--served-model-name", help="the model name clients send (default: the export's target)")
+    parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16",
+                        help="inference precision: bf16 (fast) or f32 (token-exact)")
+    parser.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: all cores)")
+    parser.add_argument("--per-request-metrics", action="store_true",
+                        help="add vLLM's metrics.speculative_decoding and every level's stats to each response")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    for option in ("max_batch", "max_queue", "prefill_chunk"):
+        if getattr(args, option) < 1:
+            raise GenerationError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be at least 1")
+    for option in ("kv_cache_tokens", "threads"):
+        if getattr(args, option) < 0:
+            raise GenerationError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 0")
+    if not 0 <= args.port < 65536:
+        raise GenerationError(f"--port {args.port}: must be in 0..65535")
+
+
+def serve(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    try:
+        import uvicorn
+
+        from .app import Settings, create_app
+        from .engine import Engine, EngineConfig
+        from .metrics import Metrics
+    except ImportError as error:
+        raise GenerationError(f"specqd serve needs the server extra ({error.name} is missing): "
+                              "pip install 'specqd[server]'") from None
+    logging.basicConfig(level=logging.INFO, format="specqd serve: %(message)s")
+    log = logging.getLogger("specqd.server")
+    folder = ExportFolder(args.out_dir, precision=args.precision, threads=args.threads,
+                          mxfp4_kernel=args.mxfp4_kernel == "specqd")
+    kv_tokens = args.kv_cache_tokens or args.max_batch * folder.context
+    folder.max_blocks = -(-kv_tokens // BLOCK)
+    chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
+    check_chain(folder.manifest, chain)
+    name = args.served_model_name or Path(args.out_dir).resolve().name
+    metrics = Metrics(name)
+    engine = Engine(folder, EngineConfig(chain, args.max_batch, args.max_queue, kv_tokens, args.prefill_chunk),
+                    metrics)
+    log.info("loading %s (chain %s, %s)", args.out_dir, ",".join(chain), args.precision)
+    engine.start()
+    app = create_app(engine, Settings(name, args.api_key, args.per_request_metrics))
+    log.info("serving %s on http://%s:%d/v1", name, args.host, args.port)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.stop()
+    return 0
+
