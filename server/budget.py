@@ -29,9 +29,16 @@ class DraftBudget:
         return max(speeds)[1]
 
     def round_ms(self, requests: int, k: int) -> float:
-        drafting = k * step(self.draft_ms, requests) if self.draft_ms else 0.0
-        return step(self.target_ms, requests * (k + 1)) + drafting
+        drafting = k * _ms(self.draft_ms, requests) if self.draft_ms else 0.0
+        return _ms(self.target_ms, requests * (k + 1)) + drafting
 
     @staticmethod
     def expected_tokens(k: int, rate: float) -> float:
         return sum(rate ** i for i in range(k + 1))
+
+
+def _ms(times: dict[int, float], n: int) -> float:
+    """Step time at n tokens: interpolated, and beyond the largest measured size grown in proportion (a pass
+    that large is compute-bound)."""
+    largest = max(times)
+    return step(times, n) if n <= largest else times[largest] * n / largest

@@ -46,6 +46,7 @@ class EngineConfig:
     max_queue: int = 64          # requests waiting beyond those
     kv_cache_tokens: int = 0     # per level; 0: max_batch x the model's context
     prefill_chunk: int = 256     # prompt tokens read per turn beside the running requests
+    draft_budget: bool = True    # lower k as the batch fills (False: every request drafts its own k, for tests)
 
 
 @dataclass
@@ -121,8 +122,9 @@ class Engine:
         """The chain's levels over the folder's shared models, built (and its step times measured) once."""
         if names not in self._chains:
             chain = Chain(self.folder, list(names))
-            self._budgets[names] = self._measure_budget(chain)
-            self.metrics.levels_ran(chain, count=False)
+            if self.config.draft_budget:
+                self._budgets[names] = self._measure_budget(chain)
+                self.metrics.levels_ran(chain, count=False)
             self._accepted[names] = [0, 0]
             self._chains[names] = chain
         return self._chains[names]
@@ -193,7 +195,7 @@ class Engine:
 
     def _caps(self, names: tuple[str, ...], batch: list[Work]) -> list[int | None] | None:
         """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py)."""
-        if len(names) == 1:
+        if len(names) == 1 or not self.config.draft_budget:
             return None
         drafter = names[1]
         accepted, drafted = self._accepted[names]
@@ -243,6 +245,8 @@ class Engine:
             log.info("measuring the step time of level %s at %s tokens per pass", name, STEP_SIZES)
             measured[name] = profile.step_times(self.folder, name, prompt, list(STEP_SIZES), repeats=2)
             self.folder.model(name).reset()
+        for name, times in measured.items():
+            log.info("step ms of %s: %s", name, ", ".join(f"n={n} {ms:.0f}" for n, ms in times.items()))
         names = chain.names
         draft = measured.get(names[1]) if len(names) > 1 else None
         return DraftBudget(measured[names[0]], draft)

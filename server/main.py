@@ -27,11 +27,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="KV cache size per level in tokens (default: max-batch x the model's context)")
     parser.add_argument("--prefill-chunk", type=int, default=256,
                         help="prompt tokens read per engine step beside running requests (default 256)")
+    parser.add_argument("--draft-budget", choices=("measured", "off"), default="measured",
+                        help="measured (default): lower each request's draft length as the batch fills, from step "
+                             "times measured at start-up; off: every request drafts its full k")
     parser.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on the API")
     parser.add_argument("--served-model-name", help="the model name clients send (default: the export's target)")
     parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16",
                         help="inference precision: bf16 (fast) or f32 (token-exact)")
     parser.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: all cores)")
+    parser.add_argument("--engine", choices=("specqd", "genai"), default="specqd",
+                        help="specqd's engine, or openvino-genai's ContinuousBatchingPipeline (OpenVINO Model Server's) "
+                             "with the chain's lowest level as its one draft model (needs the bench extra)")
     parser.add_argument("--per-request-metrics", action="store_true",
                         help="add vLLM's metrics.speculative_decoding and every level's stats to each response")
 
@@ -58,19 +64,26 @@ def serve(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise GenerationError(f"specqd serve needs the server extra ({error.name} is missing): "
                               "pip install 'specqd[server]'") from None
+    folder_type, engine_type = ExportFolder, Engine
+    if args.engine == "genai":
+        try:
+            from .genai_engine import GenAIEngine as engine_type, GenAIFolder as folder_type
+        except ImportError as error:
+            raise GenerationError(f"--engine genai needs openvino-genai ({error.name} is missing): "
+                                  "pip install 'specqd[bench]'") from None
     logging.basicConfig(level=logging.INFO, format="specqd serve: %(message)s")
     log = logging.getLogger("specqd.server")
-    folder = ExportFolder(args.out_dir, precision=args.precision, threads=args.threads,
-                          mxfp4_kernel=args.mxfp4_kernel == "specqd")
+    folder = folder_type(args.out_dir, precision=args.precision, threads=args.threads,
+                         mxfp4_kernel=args.mxfp4_kernel == "specqd")
     kv_tokens = args.kv_cache_tokens or args.max_batch * folder.context
     folder.max_blocks = -(-kv_tokens // BLOCK)
     chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
     check_chain(folder.manifest, chain)
     name = args.served_model_name or Path(args.out_dir).resolve().name
     metrics = Metrics(name)
-    engine = Engine(folder, EngineConfig(chain, args.max_batch, args.max_queue, kv_tokens, args.prefill_chunk),
-                    metrics)
-    log.info("loading %s (chain %s, %s)", args.out_dir, ",".join(chain), args.precision)
+    config = EngineConfig(chain, args.max_batch, args.max_queue, kv_tokens, args.prefill_chunk)
+    engine = engine_type(folder, config, metrics)
+    log.info("loading %s (chain %s, %s, %s engine)", args.out_dir, ",".join(chain), args.precision, args.engine)
     engine.start()
     app = create_app(engine, Settings(name, args.api_key, args.per_request_metrics))
     log.info("serving %s on http://%s:%d/v1", name, args.host, args.port)

@@ -73,3 +73,25 @@ def test_bench_smoke_on_the_real_export(real_export, tmp_path):
     assert {"target", "genai:target", "target,target-mxfp4", "genai:target,target-mxfp4"} <= set(configs)
     assert configs["target,target-mxfp4"]["f32_exact"] is True
     assert configs["genai:target"]["agreement"] > 0.5
+
+
+def test_the_server_batches_real_requests_and_each_gets_its_solo_tokens(real_export, tmp_path):
+    """Four concurrent requests of different lengths on the real model, in one batch, in f32."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server_process import running_server
+    from specqd.runtime.pipeline import Pipeline
+
+    chain = "target,target-mxfp4,lookup"
+    texts = prompts.load("humaneval:0-3")
+    lengths = [24, 12, 32, 16]
+    alone = Pipeline.load(real_export, chain="target", precision="f32")
+    expected = [alone.generate(text, max_new_tokens=n).text for text, n in zip(texts, lengths)]
+    with running_server(real_export, "--precision", "f32", "--chain", chain, "--draft-budget", "off", log=tmp_path / "server.log") as server:
+        client = server.client()
+        with ThreadPoolExecutor(len(texts)) as pool:
+            answers = list(pool.map(lambda job: client.completions.create(
+                model=real_export.name, prompt=job[0], max_tokens=job[1], temperature=0).choices[0].text,
+                zip(texts, lengths)))
+        assert answers == expected
+        assert server.metric("specqd:spec_decode_num_accepted_tokens_total") > 0
