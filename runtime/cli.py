@@ -100,7 +100,8 @@ def parser() -> argparse.ArgumentParser:
 
     profile_ = commands.add_parser("profile", parents=[folder_arg], help="step time of each level by tokens per step")
     profile_.add_argument("--levels", help="comma-separated level names (default: all)")
-    profile_.add_argument("--tokens", default="1,2,4,8", help="tokens per step to measure (default 1,2,4,8); "
+    profile_.add_argument("--tokens", default="1,2,4,8,16,32,64", help="tokens per step to measure (default "
+                          "1,2,4,8,16,32,64: a server's batched passes carry many requests' tokens); "
                           "the prompt read is timed too")
     profile_.add_argument("--json", action="store_true")
 

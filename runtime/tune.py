@@ -131,7 +131,7 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     levels = [level.name for level in folder.manifest.levels]
     say(f"generating the target's greedy text on {len(texts)} prompts")
     samples = [profile.greedy_continuation(folder, text, new_tokens) for text in texts]
-    sizes = sorted({1, 2, 3, 4, 6, 9, 13, max(K_CHOICES) + 1})
+    sizes = sorted({1, 2, 3, 4, 6, 9, 13, max(K_CHOICES) + 1, 32, 64})  # 32, 64: the server's batched passes
     times, prefill = {}, {}
     for name in levels:
         times[name] = profile.step_times(folder, name, samples[0][0], sizes)

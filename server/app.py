@@ -301,6 +301,8 @@ class Answer:
             return {}
         work = self.works[0]
         chain = self.engine.chain(work.chain)
+        if chain is None:  # openvino-genai's engine (genai_engine.py) has no levels; it reports what genai tells
+            return {"metrics": work.generation.metrics()}
         stats = work.generation.stats(chain)
         top = work.generation.job.stats[work.chain[1]] if len(work.chain) > 1 else None
         speculative = {}

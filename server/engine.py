@@ -236,11 +236,16 @@ class Engine:
         self.metrics.released(work, self._chains[work.chain])
 
     def _measure_budget(self, chain: Chain) -> DraftBudget:
-        """Step times of the chain's top two levels at STEP_SIZES tokens per pass, after a real-sized prompt."""
+        """Step times of the chain's top two levels by tokens per pass: `specqd tune`'s when it measured up to
+        64 tokens (in this precision), else measured now at STEP_SIZES after a real-sized prompt."""
+        tuned = (self.folder.manifest.tuned or {}).get("step_ms", {})
         prompt = self.folder.encode("def quick_sort(values: list[int]) -> list[int]:\n" * 8)
         measured = {}
         for name in chain.names[:2]:
             if name == LOOKUP:
+                continue
+            if "64" in tuned.get(name, {}) and self.folder.precision == "bf16":
+                measured[name] = {int(n): ms for n, ms in tuned[name].items()}
                 continue
             log.info("measuring the step time of level %s at %s tokens per pass", name, STEP_SIZES)
             measured[name] = profile.step_times(self.folder, name, prompt, list(STEP_SIZES), repeats=2)

@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference precision: bf16 (fast) or f32 (token-exact)")
     parser.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: all cores)")
     parser.add_argument("--engine", choices=("specqd", "genai"), default="specqd",
-                        help="specqd's engine, or openvino-genai's ContinuousBatchingPipeline (OpenVINO Model Server's) "
-                             "with the chain's lowest level as its one draft model (needs the bench extra)")
+                        help="specqd's engine, or openvino-genai's ContinuousBatchingPipeline (OpenVINO Model "
+                             "Server's) with the chain's lowest level as its one draft (needs the bench extra)")
     parser.add_argument("--per-request-metrics", action="store_true",
                         help="add vLLM's metrics.speculative_decoding and every level's stats to each response")
 
