@@ -22,7 +22,6 @@ from specqd.models.cache import cache_root  # noqa: E402
 from specqd.runtime import prompts  # noqa: E402
 
 AIPERF = "aiperf==0.13.0"
-CONCURRENCY = tuple(int(c) for c in __import__("os").environ.get("SPECQD_CONCURRENCY", "1,2,4,8").split(","))
 
 
 def aiperf() -> Path:
@@ -58,10 +57,11 @@ def main() -> int:
                         help="';'-separated ENGINE:CHAIN ('tuned': the chain `specqd tune` stored)")
     parser.add_argument("--prompts", default="humaneval:82-163", help="held out from tune's and bench's prompts")
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated concurrency levels")
     parser.add_argument("--out", type=Path, default=Path("docs/serve-bench"))
     args = parser.parse_args()
     tool = aiperf()
-    work = args.out.parent / (args.out.name + ".work")
+    work = cache_root() / "serve-bench" / args.out.name  # prompts, server logs and aiperf's artifacts
     work.mkdir(parents=True, exist_ok=True)
     dataset = work / "prompts.jsonl"
     dataset.write_text("".join(json.dumps({"text": text}) + "\n" for text in prompts.load(args.prompts)))
@@ -70,7 +70,7 @@ def main() -> int:
         engine, chain = config.split(":", 1)
         with running_server(args.export, "--engine", engine, *(["--chain", chain] if chain != "tuned" else []),
                             log=work / f"{engine}-{chain}.log") as server:
-            for concurrency in CONCURRENCY:
+            for concurrency in [int(c) for c in args.concurrency.split(",")]:
                 print(f"{config} at concurrency {concurrency}", flush=True)
                 row = run_load(tool, server.url, args.export.resolve().name, args.export / "target", dataset,
                                concurrency, args.new_tokens, work / f"{engine}-{chain}-c{concurrency}")
