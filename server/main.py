@@ -81,7 +81,8 @@ def serve(args: argparse.Namespace) -> int:
     check_chain(folder.manifest, chain)
     name = args.served_model_name or Path(args.out_dir).resolve().name
     metrics = Metrics(name)
-    config = EngineConfig(chain, args.max_batch, args.max_queue, kv_tokens, args.prefill_chunk)
+    config = EngineConfig(chain, args.max_batch, args.max_queue, kv_tokens, args.prefill_chunk,
+                          args.draft_budget == "measured")
     engine = engine_type(folder, config, metrics)
     log.info("loading %s (chain %s, %s, %s engine)", args.out_dir, ",".join(chain), args.precision, args.engine)
     engine.start()
