@@ -12,6 +12,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -48,6 +49,33 @@ class Generation:
         piece = self.text[self._shown:]
         self._shown = len(self.text)
         return piece
+
+    def extend(self, new: list[int], eos_ids: set[int], decode: Callable[[list[int]], str]) -> None:
+        """Append a round's tokens one by one, up to the first that ends the generation, and update the text."""
+        for index, token in enumerate(new):
+            self.generated.append(token)
+            if token in eos_ids:
+                self.finish_reason = "stop"
+            elif len(self.generated) >= self.max_new_tokens:
+                self.finish_reason = "length"
+            if self.stop or self.finished or index == len(new) - 1:
+                self.text = self._visible_text(decode(self.generated))
+            if self.finished:
+                return
+
+    def _visible_text(self, text: str) -> str:
+        """Cut the text at its first stop string; else hold back what may still become one, or an unfinished
+        UTF-8 sequence, so that no shown character is ever taken back."""
+        hits = [index for index in (text.find(stop) for stop in self.stop) if index >= 0]
+        if hits:
+            self.finish_reason = "stop"
+            return text[:min(hits)]
+        if self.finished:
+            return text
+        held = max((size for stop in self.stop for size in range(1, len(stop))
+                    if text.endswith(stop[:size])), default=0)
+        text = text[:len(text) - held]
+        return text.rstrip("\ufffd")
 
     def stats(self, chain: "Chain") -> dict:
         elapsed = time.perf_counter() - self.started
@@ -110,7 +138,7 @@ class Chain:
                 for level in self.prompt_sharers:
                     level.model.adopt_cache(generation.job.sequences[level.name], self.target.model,
                                             generation.job.sequences[self.target.name])
-            self._extend(generation, new)
+            generation.extend(new, self.folder.eos_ids, self.folder.decode)
 
     def unread_prompt(self, generation: Generation) -> int:
         """Prompt tokens the target has not read yet."""
@@ -137,35 +165,6 @@ class Chain:
         if name == LOOKUP:
             return {"kernel": "-", "tokens_computed": 0}
         return {"kernel": self.folder.model(name).kernel, "tokens_computed": job.sequences[name].computed}
-
-    def _extend(self, generation: Generation, new: list[int]) -> None:
-        """Append a round's tokens one by one, up to the first that ends the generation."""
-        folder = self.folder
-        for index, token in enumerate(new):
-            generation.generated.append(token)
-            if token in folder.eos_ids:
-                generation.finish_reason = "stop"
-            elif len(generation.generated) >= generation.max_new_tokens:
-                generation.finish_reason = "length"
-            if generation.stop or generation.finished or index == len(new) - 1:
-                generation.text = self._visible_text(generation, folder.decode(generation.generated))
-            if generation.finished:
-                return
-
-    @staticmethod
-    def _visible_text(generation: Generation, text: str) -> str:
-        """Cut the text at its first stop string; else hold back what may still become one, or an unfinished
-        UTF-8 sequence, so that no shown character is ever taken back."""
-        hits = [index for index in (text.find(stop) for stop in generation.stop) if index >= 0]
-        if hits:
-            generation.finish_reason = "stop"
-            return text[:min(hits)]
-        if generation.finished:
-            return text
-        held = max((size for stop in generation.stop for size in range(1, len(stop))
-                    if text.endswith(stop[:size])), default=0)
-        text = text[:len(text) - held]
-        return text.rstrip("\ufffd")
 
 
 def check_chain(manifest, chain: list[str]) -> None:

@@ -40,7 +40,7 @@ class ExportFolder:
     """An export folder opened once: its manifest, tokenizer, and each level's model compiled on first use.
 
     Pipelines for different chains share these models (a benchmark runs many chains side by side without
-    compiling the target once per chain); each generation starts by resetting the caches it uses.
+    compiling the target once per chain); each generation holds its own blocks in every level's KV pool.
     """
 
     def __init__(self, folder: str | Path, precision: str = "bf16", threads: int = 0, mxfp4_kernel: bool = True,

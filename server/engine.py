@@ -220,17 +220,18 @@ class Engine:
     def _finish(self, work: Work, error: str | None = None) -> None:
         if work in self.waiting:
             self.waiting.remove(work)
-        if work.generation is not None and work in self.running:
-            counts = self._accepted[work.chain]
-            if len(work.chain) > 1:
-                stats = work.generation.job.stats[work.chain[1]]
-                counts[0] += stats.accepted
-                counts[1] += stats.drafted
+        if work in self.running:
             self._release(work)
         self.metrics.finished(work, error)
         work.emit(Event(finished=True, error=error))
 
     def _release(self, work: Work) -> None:
+        """Free the request's KV blocks and keep its acceptance for the draft budget of later batches."""
+        if len(work.chain) > 1:
+            stats = work.generation.job.stats[work.chain[1]]
+            counts = self._accepted[work.chain]
+            counts[0] += stats.accepted
+            counts[1] += stats.drafted
         self._chains[work.chain].release(work.generation)
         self.running.remove(work)
         self.metrics.released(work, self._chains[work.chain])

@@ -24,11 +24,11 @@ import numpy as np
 import openvino as ov
 import openvino_genai
 
-from ..runtime.generation import LOOKUP, Chain, Generation
+from ..runtime.generation import LOOKUP, Generation
 from ..runtime.kvmodel import cpu_config
 from ..runtime.pipeline import ExportFolder
 from ..runtime.speculative import DraftControls
-from .engine import Engine, EngineConfig, Event, Work
+from .engine import Engine, EngineConfig, Work
 from .metrics import Metrics
 
 GENAI_DEFAULT_K = 5  # genai's (and OVMS's) num_assistant_tokens, used when neither the request nor tune set k
@@ -147,29 +147,12 @@ class GenAIEngine(Engine):
             if new:
                 generation.steps += 1
                 generation.first_token_at = generation.first_token_at or time.perf_counter()
-            for index, token in enumerate(new):  # Chain._extend's cut, token by token, for the same text
-                generation.generated.append(token)
-                if token in self.folder.eos_ids:
-                    generation.finish_reason = "stop"
-                elif len(generation.generated) >= generation.max_new_tokens:
-                    generation.finish_reason = "length"
-                if generation.stop or generation.finished or index == len(new) - 1:
-                    generation.text = Chain._visible_text(generation, self.folder.decode(generation.generated))
-                if generation.finished:
-                    break
+            generation.extend(new, self.folder.eos_ids, self.folder.decode)  # the runtime's cut, so the same text
             status = generation.handle.get_status()
             if not generation.finished and status != openvino_genai.GenerationStatus.RUNNING:
                 self._finish(work, error=f"openvino-genai ended the request unfinished ({status.name})")
                 continue
             self._deliver(work, len(generation.generated) - had)
-
-    def _finish(self, work: Work, error: str | None = None) -> None:
-        if work in self.waiting:
-            self.waiting.remove(work)
-        if work in self.running:
-            self._release(work)
-        self.metrics.finished(work, error)
-        work.emit(Event(finished=True, error=error))
 
     def _release(self, work: Work) -> None:
         """Cancel the genai request (a no-op once finished); its cache blocks are freed at the next step."""
