@@ -15,11 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from server_process import running_server  # noqa: E402
-
-from specqd.models.cache import cache_root  # noqa: E402
-from specqd.runtime import prompts  # noqa: E402
+from specqd.models.cache import cache_root
+from specqd.runtime import prompts
+from specqd.server.process import running_server
 
 AIPERF = "aiperf==0.13.0"
 

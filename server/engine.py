@@ -14,6 +14,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -139,13 +140,8 @@ class Engine:
                     break
             self._drop_cancelled()
             self._admit()
-            try:
-                self._read_one_prompt_chunk()
-                self._step()
-            except Exception:  # a fault fails the requests it touched; the server goes on
-                log.error("engine step failed:\n%s", traceback.format_exc())
-                for work in list(self.running):
-                    self._finish(work, error="the engine failed while generating; see the server log")
+            self._read_one_prompt_chunk()
+            self._step()
         for work in list(self.running) + list(self.waiting):
             self._finish(work, error="the server is shutting down")
 
@@ -161,11 +157,12 @@ class Engine:
             if used + work.reserved_blocks > self.block_limit:
                 break
             self.waiting.popleft()
-            used += work.reserved_blocks
-            work.generation = self.chain(work.chain).start(work.prompt_ids, work.max_tokens, work.sampling,
-                                                           work.stop, work.controls)
-            self.metrics.admitted(work)
-            self.running.append(work)
+            with self._failing([work], "loading the chain's models"):
+                work.generation = self.chain(work.chain).start(work.prompt_ids, work.max_tokens, work.sampling,
+                                                               work.stop, work.controls)
+                self.metrics.admitted(work)
+                self.running.append(work)
+                used += work.reserved_blocks
 
     def _drop_cancelled(self) -> None:
         for work in [work for work in self.running if work.cancelled]:
@@ -178,7 +175,8 @@ class Engine:
         for work in self.running:
             chain = self._chains[work.chain]
             if chain.unread_prompt(work.generation) > self.config.prefill_chunk:
-                chain.read_prompt(work.generation, self.config.prefill_chunk)
+                with self._failing([work], "reading the prompt"):
+                    chain.read_prompt(work.generation, self.config.prefill_chunk)
                 return
 
     def _step(self) -> None:
@@ -188,10 +186,11 @@ class Engine:
             batch = [work for work in ready if work.chain == names]
             chain = self._chains[names]
             had = [len(work.generation.generated) for work in batch]
-            chain.step([work.generation for work in batch], self._caps(names, batch))
-            self.metrics.levels_ran(chain)
-            for work, count in zip(batch, had):
-                self._deliver(work, len(work.generation.generated) - count)
+            with self._failing(batch, "generating"):  # one pass holds them all: a fault cannot be pinned on one
+                chain.step([work.generation for work in batch], self._caps(names, batch))
+                self.metrics.levels_ran(chain)
+                for work, count in zip(batch, had):
+                    self._deliver(work, len(work.generation.generated) - count)
 
     def _caps(self, names: tuple[str, ...], batch: list[Work]) -> list[int | None] | None:
         """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py)."""
@@ -224,6 +223,18 @@ class Engine:
             self._release(work)
         self.metrics.finished(work, error)
         work.emit(Event(finished=True, error=error))
+
+    @contextmanager
+    def _failing(self, works: list[Work], doing: str):
+        """A fault fails the requests it touched, with a 500 that says what failed; the server goes on."""
+        try:
+            yield
+        except Exception as error:
+            log.error("engine failed %s:\n%s", doing, traceback.format_exc())
+            for work in works:
+                if work.generation is not None and work not in self.running:
+                    self._chains[work.chain].release(work.generation)
+                self._finish(work, error=f"the engine failed {doing}: {type(error).__name__}: {error}")
 
     def _release(self, work: Work) -> None:
         """Free the request's KV blocks and keep its acceptance for the draft budget of later batches."""

@@ -79,7 +79,7 @@ def test_the_server_batches_real_requests_and_each_gets_its_solo_tokens(real_exp
     """Four concurrent requests of different lengths on the real model, in one batch, in f32."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from server_process import running_server
+    from specqd.server.process import running_server
     from specqd.runtime.pipeline import Pipeline
 
     chain = "target,target-mxfp4,lookup"
