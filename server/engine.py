@@ -187,23 +187,40 @@ class Engine:
             chain = self._chains[names]
             had = [len(work.generation.generated) for work in batch]
             with self._failing(batch, "generating"):  # one pass holds them all: a fault cannot be pinned on one
-                chain.step([work.generation for work in batch], self._caps(names, batch))
+                with self._timing_drafts(names, batch):
+                    chain.step([work.generation for work in batch], self._caps(names, batch))
                 self.metrics.levels_ran(chain)
                 for work, count in zip(batch, had):
                     self._deliver(work, len(work.generation.generated) - count)
 
     def _caps(self, names: tuple[str, ...], batch: list[Work]) -> list[int | None] | None:
-        """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py)."""
+        """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py), judged by
+        its own acceptance so far on top of what the chain's finished requests accepted."""
         if len(names) == 1 or not self.config.draft_budget:
             return None
-        drafter = names[1]
         accepted, drafted = self._accepted[names]
+        caps = []
         for work in batch:
-            stats = work.generation.job.stats[drafter]
-            accepted, drafted = accepted + stats.accepted, drafted + stats.drafted
-        most = max(work.generation.job.k[drafter] for work in batch)
-        best = self._budgets[names].best_k(len(batch), most, accepted, drafted)
-        return [best] * len(batch)
+            stats = work.generation.job.stats[names[1]]
+            caps.append(self._budgets[names].best_k(len(batch), work.generation.job.k[names[1]],
+                                                    accepted + stats.accepted, drafted + stats.drafted))
+        return caps
+
+    @contextmanager
+    def _timing_drafts(self, names: tuple[str, ...], batch: list[Work]):
+        """Tell the draft budget what this round's drafting cost: the round's time beside the target's pass."""
+        budget = self._budgets.get(names)
+        if budget is None or len(names) == 1:
+            yield
+            return
+        jobs = [work.generation.job for work in batch]
+        target_seconds = jobs[0].stats[names[0]].seconds
+        drafted = [job.stats[names[1]].drafted for job in jobs]
+        started = time.perf_counter()
+        yield
+        drafting = time.perf_counter() - started - (jobs[0].stats[names[0]].seconds - target_seconds)
+        positions = max(job.stats[names[1]].drafted - before for job, before in zip(jobs, drafted))
+        budget.observe(len(batch), drafting * 1000, positions)
 
     def _deliver(self, work: Work, new_tokens: int) -> None:
         generation = work.generation

@@ -289,3 +289,16 @@ def test_a_level_that_fails_to_load_fails_only_its_request(tiny_export, tmp_path
         assert answer.usage.completion_tokens == 4
         assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
         assert server.metric("specqd:request_success_total", finished_reason="error") == 1
+
+
+def test_with_the_draft_budget_on_concurrent_requests_still_get_their_solo_tokens(tiny_export, alone, tmp_path):
+    """The budget only changes how many tokens each request drafts per round, never which tokens it keeps."""
+    chain = "target,target-int8,lookup"
+    with running_server(tiny_export, "--precision", "f32", "--chain", chain, log=tmp_path / "server.log") as server:
+        client = server.client()
+        jobs = [(PROMPTS[i], 8 + 5 * i) for i in range(6)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: client.completions.create(
+                model="export", prompt=job[0], max_tokens=job[1], **GREEDY).choices[0].text, jobs))
+        assert answers == [alone(prompt, tokens, chain=chain)[0] for prompt, tokens in jobs]
+        assert server.metric("specqd:spec_decode_num_draft_tokens_total") > 0
