@@ -216,8 +216,45 @@ def test_the_cli_streams_or_prints_json_and_fails_clearly(tiny_export, tmp_path,
     assert {"text", "tokens", "stats"} <= set(printed)
     assert cli.main(["generate", str(tmp_path), "--prompt", "x"]) == 1
     assert "not a specqd export" in capsys.readouterr().err
-    assert cli.main(["generate", str(tiny_export), "--prompt", "x", "--temperature", "-1"]) == 1
-    assert "temperature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, option", [
+    (["--k", "0"], "--k"), (["--k", "draft=0"], "--k"), (["--k", "draft"], "--k"), (["--k", "x=1,"], "--k"),
+    (["--confidence", "1.5"], "--confidence"), (["--confidence", "draft=-0.1"], "--confidence"),
+    (["--top-p", "0"], "--top-p"), (["--top-p", "1.2"], "--top-p"), (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"), (["--top-k", "-1"], "--top-k"), (["--seed", "-3"], "--seed"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"), (["--max-new-tokens", "ten"], "--max-new-tokens"),
+    (["--precision", "fp8"], "--precision"),
+])
+def test_every_bad_generate_option_is_one_line_that_names_it(tiny_export, capsys, options, option):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["generate", str(tiny_export), "--prompt", "x", *options])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: argument {option}")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["profile", "{export}", "--tokens", "1,0"], "--tokens"), (["profile", "{export}", "--tokens", "1,a"], "--tokens"),
+    (["serve", "{export}", "--threads", "-1"], "--threads"), (["serve", "{export}", "--max-batch", "0"], "--max-batch"),
+    (["serve", "{export}", "--port", "70000"], "--port"), (["bench", "{export}", "--limit", "0"], "--limit"),
+])
+def test_bad_options_of_the_other_commands_are_one_line_too(tiny_export, capsys, argv, option):
+    with pytest.raises(SystemExit):
+        cli.main([part.format(export=tiny_export) for part in argv])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: argument {option}")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["profile", "{export}", "--levels", "target,nope"], "--levels"),
+    (["generate", "{export}", "--prompt", "x", "--chain", "target,nope"], "--chain"),
+    (["generate", "{export}", "--prompt", "x", "--chain", "target,draft", "--k", "target-int8=3"], "--k"),
+])
+def test_options_that_name_levels_the_export_lacks_fail_with_one_line(tiny_export, capsys, argv, option):
+    assert cli.main([part.format(export=tiny_export) for part in argv]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: {option}")
 
 
 def test_the_runtime_imports_without_torch_transformers_or_nncf():
