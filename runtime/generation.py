@@ -39,6 +39,8 @@ class Generation:
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     _shown: int = 0                   # characters of `text` already handed out by `take_text`
+    _text: "IncrementalText" = field(default_factory=lambda: IncrementalText())
+    _searched: int = 0                # characters of the decoded text already searched for stop strings
 
     @property
     def finished(self) -> bool:
@@ -59,14 +61,17 @@ class Generation:
             elif len(self.generated) >= self.max_new_tokens:
                 self.finish_reason = "length"
             if self.stop or self.finished or index == len(new) - 1:
-                self.text = self._visible_text(decode(self.generated))
+                self.text = self._visible_text(self._text.update(self.generated, decode, final=self.finished))
             if self.finished:
                 return
 
     def _visible_text(self, text: str) -> str:
         """Cut the text at its first stop string; else hold back what may still become one, or an unfinished
         UTF-8 sequence, so that no shown character is ever taken back."""
-        hits = [index for index in (text.find(stop) for stop in self.stop) if index >= 0]
+        longest = max(map(len, self.stop), default=0)
+        start = max(0, self._searched - longest + 1)  # a stop string may straddle what was searched before
+        hits = [index for index in (text.find(stop, start) for stop in self.stop) if index >= 0]
+        self._searched = len(text)
         if hits:
             self.finish_reason = "stop"
             return text[:min(hits)]
@@ -74,8 +79,7 @@ class Generation:
             return text
         held = max((size for stop in self.stop for size in range(1, len(stop))
                     if text.endswith(stop[:size])), default=0)
-        text = text[:len(text) - held]
-        return text.rstrip("\ufffd")
+        return text[:len(text) - held]
 
     def stats(self, chain: "Chain") -> dict:
         elapsed = time.perf_counter() - self.started
@@ -90,6 +94,37 @@ class Generation:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "levels": [level.summary() | chain.model_stats(name, self.job) for name, level in zip(chain.names, levels)],
         }
+
+
+class IncrementalText:
+    """The text of a growing token list, decoding only the tokens since the last complete character.
+
+    Decoding all generated tokens at every step costs time quadratic in the output's length. Here each decode
+    covers a short window: the tokens since the text last ended on a whole character, plus the tokens before
+    them as context (a tokenizer may decode a token differently at the start of a text, e.g. its leading
+    space), whose own text is then cut off, as vLLM's incremental detokenizer does. Text that ends inside a
+    UTF-8 sequence (U+FFFD) stays pending until the next tokens complete it.
+    """
+
+    def __init__(self):
+        self.done = ""       # final text of tokens[:read]
+        self.prefix = 0      # where the context window starts
+        self.read = 0        # tokens whose text is final
+
+    def update(self, tokens: list[int], decode: Callable[[list[int]], str], final: bool = False) -> str:
+        """The text of `tokens` (which extend the previous call's); an unfinished character is left out
+        unless `final`."""
+        context = decode(tokens[self.prefix:self.read]) if self.read > self.prefix else ""
+        window = decode(tokens[self.prefix:])
+        if not window.startswith(context):  # the context decoded differently in a longer text: start over
+            self.done, self.prefix, self.read = "", 0, 0
+            context, window = "", decode(tokens)
+        new = window[len(context):]
+        if new.endswith("\ufffd") and not final:
+            return self.done + new.rstrip("\ufffd")
+        self.done += new
+        self.prefix, self.read = self.read, len(tokens)
+        return self.done
 
 
 class Chain:

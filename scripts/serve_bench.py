@@ -95,12 +95,13 @@ def main() -> int:
     dataset.write_text("".join(json.dumps({"text": text}) + "\n" for text in prompts.load(args.prompts)))
     configs = args.configs.split(";")
     results, solo = [], []
-    with ExitStack() as stack:
-        servers = {}
+    servers, stops = {}, {}
+    try:
         for config in configs:
             engine, chain = config.split(":", 1)
             print(f"starting {config}", flush=True)
-            servers[config] = stack.enter_context(running_server(
+            stops[config] = ExitStack()
+            servers[config] = stops[config].enter_context(running_server(
                 args.export, "--engine", engine, *(["--chain", chain] if chain != "tuned" else []),
                 log=work / f"{engine}-{chain}.log"))
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
@@ -111,11 +112,15 @@ def main() -> int:
                 results.append({"config": config, "concurrency": concurrency} | row)
                 print(json.dumps(results[-1]), flush=True)
         texts = prompts.load(args.prompts)[:args.solo_prompts]
-        for config, server in servers.items():
+        for config in sorted(servers, key=lambda config: config.startswith("specqd:")):
             if config.startswith("specqd:"):
-                solo.append({"config": config} | compare_solo(server, args.export, config.split(":", 1)[1], texts,
+                solo.append({"config": config} | compare_solo(servers[config], args.export, config[7:], texts,
                                                               args.new_tokens))
                 print(json.dumps(solo[-1]), flush=True)
+            stops[config].close()  # done with it: its memory goes to the runtime's copy of the next chain
+    finally:
+        for stop in stops.values():
+            stop.close()
     args.out.with_suffix(".json").write_text(json.dumps({"load": results, "solo": solo}, indent=1))
     lines = ["| config | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
              "|---|---|---|---|---|---|---|"]

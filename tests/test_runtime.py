@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from specqd.runtime import cli, kvmodel
+from specqd.runtime.generation import IncrementalText
 from specqd.runtime.pipeline import ExportFolder, GenerationError, Pipeline, eos_ids
 from specqd.runtime.sampling import Sampling
 from specqd.runtime.speculative import DraftControls
@@ -87,6 +88,22 @@ def test_streaming_yields_the_text_piece_by_piece(tiny_export):
     pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30))
     assert len(pieces) > 1 and "".join(pieces) == pipe.last_result.text
     assert pipe.last_result.text == pipe.folder.decode(pipe.last_result.tokens)
+
+
+def test_incremental_text_is_always_a_prefix_of_the_whole_decode_and_ends_equal_to_it(tiny_export):
+    """Random ids split multi-byte characters and spaces every way a model's output could."""
+    folder = ExportFolder(tiny_export)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        tokens = [int(t) for t in rng.integers(0, folder.vocabulary_size - 20, 200)]
+        text, shown, windows = IncrementalText(), "", []
+        counting = lambda ids: windows.append(len(ids)) or folder.decode(ids)  # noqa: E731
+        for end in range(1, len(tokens) + 1):
+            now = text.update(tokens[:end], counting)
+            assert now.startswith(shown) and folder.decode(tokens[:end]).startswith(now)
+            shown = now
+        assert text.update(tokens, folder.decode, final=True) == folder.decode(tokens)
+        assert max(windows) < 20  # each decode covers a few tokens, not the whole text
 
 
 def test_a_stop_string_ends_the_text_before_it(tiny_export):
