@@ -35,7 +35,7 @@ class Generation:
     job: Job
     generated: list[int] = field(default_factory=list)
     text: str = ""                    # the text it may show: stop strings cut, possible stop prefixes held back
-    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", or "cancelled" (Pipeline.cancel)
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     _shown: int = 0                   # characters of `text` already handed out by `take_text`

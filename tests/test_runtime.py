@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 
 import numpy as np
@@ -104,6 +105,42 @@ def test_incremental_text_is_always_a_prefix_of_the_whole_decode_and_ends_equal_
             shown = now
         assert text.update(tokens, folder.decode, final=True) == folder.decode(tokens)
         assert max(windows) < 20  # each decode covers a few tokens, not the whole text
+
+
+def blocks_in_use(pipe: Pipeline) -> dict[str, int]:
+    return {name: model.blocks_used for name, model in pipe.folder.loaded_models().items()}
+
+
+def test_a_consumer_that_stops_iterating_leaves_the_pipeline_ready_for_the_next_prompt(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8,draft", precision="f32")
+    for count, _ in enumerate(pipe.stream(PROMPTS[0], max_new_tokens=40)):
+        if count == 2:
+            break
+    assert set(blocks_in_use(pipe).values()) == {0}
+    assert pipe.generate(PROMPTS[1], max_new_tokens=12).tokens == tokens(tiny_export, "target", PROMPTS[1], n=12)
+
+
+def test_cancel_from_another_thread_ends_the_generation_and_frees_its_blocks(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,draft", precision="f32")
+    pieces = []
+    for piece in pipe.stream(PROMPTS[0], max_new_tokens=200):
+        pieces.append(piece)
+        if len(pieces) == 1:
+            canceller = threading.Thread(target=pipe.cancel)
+            canceller.start()
+            canceller.join()
+    result = pipe.last_result
+    assert result.finish_reason == "cancelled" and len(result.tokens) < 200 and "".join(pieces) == result.text
+    assert set(blocks_in_use(pipe).values()) == {0}
+    assert pipe.generate(PROMPTS[1], max_new_tokens=12).finish_reason == "length"
+
+
+def test_a_closed_pipeline_refuses_to_generate_with_a_clear_error(tiny_export):
+    with Pipeline.load(tiny_export, chain="target,draft") as pipe:
+        pipe.generate(PROMPTS[0], max_new_tokens=4)
+    assert pipe.folder.loaded_models() == {}
+    with pytest.raises(GenerationError, match="was closed"):
+        pipe.generate(PROMPTS[0], max_new_tokens=4)
 
 
 def test_a_stop_string_ends_the_text_before_it(tiny_export):
