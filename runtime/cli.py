@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..server import main as server_main
-from . import bench, prompts
+from .tools import bench, prompts
 from .arguments import Parser, integer, integers, per_level, real
 from .manifest import ManifestError
 from .mxfp4_kernel import KernelBuildError, build
@@ -161,7 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from .tools.tune import tune
 
     choice = tune(_folder(args), prompts.load(args.prompts), args.max_new_tokens)
     print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}, confidence {choice['confidence']}\n"
@@ -172,7 +172,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profile import prefill_ms, step_times
+    from .tools.profile import prefill_ms, step_times
 
     folder = _folder(args)
     known = [level.name for level in folder.manifest.levels]

@@ -22,7 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from specqd.models.cache import cache_root
-from specqd.runtime import prompts
+from specqd.runtime.tools import prompts
 from specqd.runtime.pipeline import Pipeline
 from specqd.server.process import Server, running_server
 

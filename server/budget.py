@@ -15,7 +15,7 @@ pass carries Python work. Before a batch size has been seen, that estimate stand
 
 from __future__ import annotations
 
-from ..runtime.tune import step
+from ..runtime.tools.tune import step
 
 PRIOR_ACCEPTED, PRIOR_DRAFTED = 7, 10   # acceptance 0.7 until measurements outweigh it
 SMOOTHING = 0.2                         # weight of the newest round in the drafting cost's running average

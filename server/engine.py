@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..runtime import profile
+from ..runtime.tools import profile
 from ..runtime.generation import LOOKUP, Chain, Generation
 from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from specqd.runtime import prompts
+from specqd.runtime.tools import prompts
 from specqd.models.cache import cache_root
 from specqd.runtime.manifest import Manifest
 
