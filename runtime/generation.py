@@ -97,34 +97,39 @@ class Generation:
 
 
 class IncrementalText:
-    """The text of a growing token list, decoding only the tokens since the last complete character.
+    """The text of a growing token list, decoding only a short window of its latest tokens per step.
 
-    Decoding all generated tokens at every step costs time quadratic in the output's length. Here each decode
-    covers a short window: the tokens since the text last ended on a whole character, plus the tokens before
-    them as context (a tokenizer may decode a token differently at the start of a text, e.g. its leading
-    space), whose own text is then cut off, as vLLM's incremental detokenizer does. Text that ends inside a
-    UTF-8 sequence (U+FFFD) stays pending until the next tokens complete it.
+    Decoding all generated tokens at every step costs time that grows with the output. Here each step decodes
+    the tokens since an anchor, and the text before the anchor is final. The window starts a few tokens before
+    the anchor (its context), because a tokenizer may decode a token differently at the start of a text (e.g.
+    its leading space); the context's own text is cut off again, as vLLM's incremental detokenizer does. Text
+    that ends inside a UTF-8 sequence (U+FFFD) stays pending until the next tokens complete it. Once the
+    window is WINDOW tokens long and ends on a whole character, the anchor moves to its end.
     """
 
+    WINDOW = 32    # tokens decoded per step at most (plus the context), before the anchor moves
+    CONTEXT = 4    # tokens before the anchor decoded with the window
+
     def __init__(self):
-        self.done = ""       # final text of tokens[:read]
-        self.prefix = 0      # where the context window starts
-        self.read = 0        # tokens whose text is final
+        self.done = ""       # final text, up to the anchor
+        self.start = 0       # where the window (context included) starts
+        self.context = ""    # the text of the context tokens, as the window begins
 
     def update(self, tokens: list[int], decode: Callable[[list[int]], str], final: bool = False) -> str:
         """The text of `tokens` (which extend the previous call's); an unfinished character is left out
         unless `final`."""
-        context = decode(tokens[self.prefix:self.read]) if self.read > self.prefix else ""
-        window = decode(tokens[self.prefix:])
-        if not window.startswith(context):  # the context decoded differently in a longer text: start over
-            self.done, self.prefix, self.read = "", 0, 0
-            context, window = "", decode(tokens)
-        new = window[len(context):]
+        window = decode(tokens[self.start:])
+        if not window.startswith(self.context):  # the context decodes differently in a longer text: start over
+            self.done, self.start, self.context = "", 0, ""
+            window = decode(tokens)
+        new = window[len(self.context):]
         if new.endswith("\ufffd") and not final:
             return self.done + new.rstrip("\ufffd")
-        self.done += new
-        self.prefix, self.read = self.read, len(tokens)
-        return self.done
+        text = self.done + new
+        if len(tokens) - self.start > self.WINDOW + self.CONTEXT:
+            self.done, self.start = text, len(tokens) - self.CONTEXT
+            self.context = decode(tokens[self.start:])
+        return text
 
 
 class Chain:
