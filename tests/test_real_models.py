@@ -115,5 +115,5 @@ print(before, loaded, rss())
 """
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     before, loaded, closed = map(float, output.split()[-3:])
-    assert loaded - before > 800  # the 0.5B in BF16 and MXFP4: about a gigabyte
+    assert loaded - before > 1000  # the 0.5B in BF16 and MXFP4 with their KV caches: 3.1 GB when measured
     assert closed - before < 0.25 * (loaded - before)
