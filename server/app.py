@@ -7,13 +7,15 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message as ASGIMessage, Receive, Scope, Send
 
 from ..runtime.generation import GenerationError, check_chain
 from ..runtime.manifest import ManifestError
@@ -32,6 +34,10 @@ class Settings:
     model_name: str
     api_key: str | None = None
     per_request_metrics: bool = False   # add vLLM's metrics.speculative_decoding (and every level) to responses
+    # Scale-out (ray_deploy.py): the replica's name, answered as x-specqd-replica on every response, and the
+    # /metrics text of every replica, so that a scrape does not depend on which replica the proxy picked.
+    replica: str | None = None
+    metrics: Callable[[], Awaitable[bytes]] | None = None
 
 
 def create_app(engine: Engine, settings: Settings) -> FastAPI:
@@ -80,7 +86,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(engine.metrics.render(engine), media_type=CONTENT_TYPE_LATEST)
+        text = await settings.metrics() if settings.metrics else engine.metrics.render(engine)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> dict:
@@ -205,7 +212,25 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
                                            confidence=confidence.get(name, controls[name].confidence))
                        for name in names[1:]}
 
+    if settings.replica:
+        app.add_middleware(ReplicaHeader, replica=settings.replica)
     return app
+
+
+class ReplicaHeader:
+    """ASGI middleware adding x-specqd-replica to every response, streamed ones included (it only touches the
+    response's start message, so streaming and disconnects work as without it)."""
+
+    def __init__(self, app: ASGIApp, replica: str):
+        self.app = app
+        self.replica = replica
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_header(message: ASGIMessage) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append("x-specqd-replica", self.replica)
+            await send(message)
+        await self.app(scope, receive, send_with_header if scope["type"] == "http" else send)
 
 
 class Answer:

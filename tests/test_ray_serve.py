@@ -1,0 +1,157 @@
+"""`specqd serve --replicas 2` on a local Ray instance: two replicas of one thread each on the tiny models,
+driven by the official openai client through Ray Serve's proxy on 127.0.0.1.
+
+The replicas run in f32 with greedy decoding, so every answer must equal the single-process server's. The
+module shares one deployment; the replica-kill test and the broken-folder test change it and come last.
+"""
+
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'specqd[ray]'")
+from ray import serve  # noqa: E402
+
+from specqd.runtime.cli import parser  # noqa: E402
+from specqd.server.process import free_port, running_server  # noqa: E402
+from specqd.server.ray_deploy import deploy  # noqa: E402
+from specqd.server.ray_metrics import REPORT_SECONDS  # noqa: E402
+
+OPTIONS = ["--precision", "f32", "--chain", "target,target-mxfp4,draft", "--draft-budget", "off"]
+PROMPTS = ["def fibonacci(n: int) -> int:", "The quick brown fox jumps over", "import numpy as np\n",
+           "class Stack:\n    def push(self, item):", "for i in range(10):", "Hello"]
+REQUESTS = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 6 + i % 5, "stream": i % 3 == 0} for i in range(12)]
+
+
+def ray_args(export, *options: str):
+    """What `specqd serve EXPORT --replicas 2 --threads-per-replica 1 ...` parses to."""
+    return parser().parse_args(["serve", str(export), "--host", "127.0.0.1", "--port", str(free_port()),
+                                "--replicas", "2", "--threads-per-replica", "1", *OPTIONS, *options])
+
+
+@pytest.fixture(scope="module")
+def url(tiny_export):
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        # --max-batch 2: a replica takes two requests at a time, so four concurrent requests need both replicas.
+        yield deploy(ray_args(tiny_export, "--max-batch", "2"))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def single_process(tiny_export, tmp_path_factory):
+    """Each request's text from the single-process server (`specqd serve` without Ray), same options."""
+    with running_server(tiny_export, *OPTIONS, log=tmp_path_factory.mktemp("single") / "server.log") as server:
+        single = server.client()
+        yield {(r["prompt"], r["max_tokens"]): single.completions.create(
+            model="export", prompt=r["prompt"], max_tokens=r["max_tokens"], temperature=0).choices[0].text
+            for r in REQUESTS}
+
+
+def complete(client, request) -> tuple[str, str]:
+    """(replica, text) of one greedy completion, streamed or not."""
+    body = {"model": "export", "prompt": request["prompt"], "max_tokens": request["max_tokens"], "temperature": 0}
+    if request["stream"]:
+        with client.completions.with_streaming_response.create(stream=True, **body) as response:
+            text = "".join(chunk.choices[0].text for chunk in response.parse() if chunk.choices)
+            return response.headers["x-specqd-replica"], text
+    response = client.completions.with_raw_response.create(**body)
+    return response.headers["x-specqd-replica"], response.parse().choices[0].text
+
+
+def pid(replica: str) -> int:
+    """x-specqd-replica is REPLICA_ID@HOST:PID."""
+    return int(replica.rsplit(":", 1)[1])
+
+
+def successes(url: str) -> dict[str, float]:
+    """Finished requests by replica, from /metrics."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "specqd:request_success_total":
+                replica = sample.labels["replica"]
+                counts[replica] = counts.get(replica, 0) + sample.value
+    return counts
+
+
+def test_both_replicas_answer_each_with_the_single_process_servers_text(client, single_process):
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda request: complete(client, request), REQUESTS))
+    for request, (_, text) in zip(REQUESTS, answers):
+        assert text == single_process[(request["prompt"], request["max_tokens"])], request
+    replicas = {replica for replica, _ in answers}
+    assert len(replicas) == 2
+
+
+def test_each_replica_is_pinned_to_a_core_of_its_own(client):
+    replicas = set()
+    with ThreadPoolExecutor(4) as pool:
+        for replica, _ in pool.map(lambda request: complete(client, request), REQUESTS[:8]):
+            replicas.add(replica)
+    cores = [os.sched_getaffinity(pid(replica)) for replica in replicas]
+    assert len(cores) == 2 and all(len(set_) == 1 for set_ in cores) and cores[0] != cores[1]
+
+
+def test_metrics_count_every_replica_whichever_answers_the_scrape(client, url):
+    time.sleep(2 * REPORT_SECONDS)  # every replica has reported the previous test's requests
+    before = sum(successes(url).values())
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda request: complete(client, request), REQUESTS))
+    deadline = time.monotonic() + 10
+    while sum(successes(url).values()) - before < len(REQUESTS):  # replicas report every second
+        assert time.monotonic() < deadline, successes(url)
+        time.sleep(0.5)
+    time.sleep(2 * REPORT_SECONDS)
+    assert sum(successes(url).values()) - before == len(REQUESTS)
+    scrapes = [successes(url) for _ in range(4)]
+    assert all(len(scrape) == 2 for scrape in scrapes)
+
+
+def test_a_killed_replica_fails_its_requests_with_a_5xx_and_is_replaced(client, url, single_process):
+    victim = complete(client, REQUESTS[1])[0]
+    long = {"model": "export", "prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0}
+    outcomes = []
+
+    def send(request):
+        try:
+            outcomes.append(("ok",) + complete(client, request))
+        except openai.APIStatusError as error:
+            outcomes.append(("error", error.status_code, error.body))
+
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(lambda: client.completions.create(**long)) for _ in range(4)]
+        time.sleep(1.0)  # the long requests are running on both replicas
+        os.kill(pid(victim), signal.SIGKILL)
+        errors = [future.exception() for future in futures]
+    failed = [error for error in errors if error is not None]
+    assert failed, "no request was in flight on the killed replica"
+    for error in failed:
+        assert isinstance(error, openai.InternalServerError) and error.status_code >= 500
+    assert len(failed) < 4, "requests on the surviving replica must complete"
+
+    deadline = time.monotonic() + 90
+    while True:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda request: complete(client, request), REQUESTS[:8]))
+        for request, (_, text) in zip(REQUESTS, answers):
+            assert text == single_process[(request["prompt"], request["max_tokens"])]
+        replicas = {replica for replica, _ in answers}
+        if len(replicas) == 2 and victim not in replicas:
+            break
+        assert time.monotonic() < deadline, f"no replacement replica answered: {replicas}"
+        time.sleep(2)
