@@ -27,6 +27,7 @@ from ..runtime.generation import GenerationError
 from .engine import Engine
 from .main import model_name, open_server
 from .ray_metrics import REPORT_SECONDS, MetricsHub
+from .ray_proxy import PROXY_ENVIRONMENT
 
 log = logging.getLogger("specqd.server")
 replica_log = logging.getLogger("ray.serve")  # what a replica logs goes to Ray Serve's replica logs
@@ -133,12 +134,20 @@ class SpecqdServer:
         self.engine.folder.close()
 
 
+def start_ray(address: str | None = None, **options) -> None:
+    """Connect to Ray, starting a local instance when `address` is None. A local instance inherits this
+    process's environment, so its HTTP proxy answers errors in OpenAI's shape (ray_proxy.py); a cluster
+    started by `ray start` needs PROXY_ENVIRONMENT set there (docs/deploy.md)."""
+    os.environ.update(PROXY_ENVIRONMENT)
+    ray.init(address=address, **options)
+
+
 def deploy(args: argparse.Namespace) -> str:
     """Run the replicas on the Ray instance this process is connected to (a local one if none) and return the
     proxy's URL once every replica answers. A replica that fails to load fails this call with its error."""
     plan = ReplicaPlan.from_args(args)
     if not ray.is_initialized():
-        ray.init(address=args.ray_address)
+        start_ray(args.ray_address)
     serve.start(http_options={"host": args.host, "port": args.port})
     replica_args = argparse.Namespace(**vars(args) | {"threads": plan.threads})
     server = SpecqdServer.options(**plan.deployment_options).bind(replica_args, MetricsHub.bind())
@@ -147,8 +156,16 @@ def deploy(args: argparse.Namespace) -> str:
         serve.run(server, name=APP_NAME, route_prefix="/")
     except RuntimeError:  # Ray says only "failed to update the deployments"; the replica's error is in its status
         status = serve.status().applications[APP_NAME].deployments[SpecqdServer.name]
-        raise GenerationError(f"the replicas failed to start: {status.message}") from None
+        log.error("%s", status.message)
+        raise GenerationError(f"the replicas failed to start: {replica_error(status.message)}") from None
     return f"http://{args.host}:{args.port}"
+
+
+def replica_error(status: str) -> str:
+    """The exception that stopped a replica, from Ray's status message: what follows its traceback's last
+    frame (the frame's own lines are indented)."""
+    after_last_frame = status.rsplit('\n  File "', 1)[-1].splitlines()[1:]
+    return "\n".join(line for line in after_last_frame if not line.startswith("    ")).strip() or status
 
 
 def serve_with_ray(args: argparse.Namespace) -> int:

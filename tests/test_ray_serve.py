@@ -8,6 +8,7 @@ module shares one deployment; the replica-kill test and the broken-folder test c
 import os
 import shutil
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,13 +21,15 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip ins
 from ray import serve  # noqa: E402
 
 from specqd.runtime.cli import parser  # noqa: E402
+from specqd.runtime.generation import GenerationError  # noqa: E402
 from specqd.server.process import free_port, running_server  # noqa: E402
-from specqd.server.ray_deploy import deploy  # noqa: E402
+from specqd.server.ray_deploy import deploy, start_ray  # noqa: E402
 from specqd.server.ray_metrics import REPORT_SECONDS  # noqa: E402
 
 OPTIONS = ["--precision", "f32", "--chain", "target,target-mxfp4,draft", "--draft-budget", "off"]
 PROMPTS = ["def fibonacci(n: int) -> int:", "The quick brown fox jumps over", "import numpy as np\n",
            "class Stack:\n    def push(self, item):", "for i in range(10):", "Hello"]
+LONG = [{"prompt": PROMPTS[i], "max_tokens": 400, "stream": i < 2} for i in range(4)]  # long enough to kill mid-way
 REQUESTS = [{"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": 6 + i % 5, "stream": i % 3 == 0} for i in range(12)]
 
 
@@ -38,7 +41,7 @@ def ray_args(export, *options: str):
 
 @pytest.fixture(scope="module")
 def url(tiny_export):
-    ray.init(num_cpus=2, include_dashboard=False)
+    start_ray(num_cpus=2, include_dashboard=False)
     try:
         # --max-batch 2: a replica takes two requests at a time, so four concurrent requests need both replicas.
         yield deploy(ray_args(tiny_export, "--max-batch", "2"))
@@ -59,7 +62,7 @@ def single_process(tiny_export, tmp_path_factory):
         single = server.client()
         yield {(r["prompt"], r["max_tokens"]): single.completions.create(
             model="export", prompt=r["prompt"], max_tokens=r["max_tokens"], temperature=0).choices[0].text
-            for r in REQUESTS}
+            for r in REQUESTS + LONG}
 
 
 def complete(client, request) -> tuple[str, str]:
@@ -122,27 +125,43 @@ def test_metrics_count_every_replica_whichever_answers_the_scrape(client, url):
     assert all(len(scrape) == 2 for scrape in scrapes)
 
 
-def test_a_killed_replica_fails_its_requests_with_a_5xx_and_is_replaced(client, url, single_process):
-    victim = complete(client, REQUESTS[1])[0]
-    long = {"model": "export", "prompt": PROMPTS[0], "max_tokens": 400, "temperature": 0}
-    outcomes = []
+def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replaced(client, single_process):
+    """Four long requests fill both replicas (two places each); one replica is killed by its PID mid-answer.
+    Its two requests fail with OpenAI-shaped errors, a JSON 500 or, once streaming, an error event; the other
+    replica's two complete; Ray starts a replacement that answers like the rest."""
+    running = threading.Barrier(3)  # the two streams have their first chunk, and the test thread
+    streaming_on: list[str] = []
 
     def send(request):
         try:
-            outcomes.append(("ok",) + complete(client, request))
-        except openai.APIStatusError as error:
-            outcomes.append(("error", error.status_code, error.body))
+            if not request["stream"]:
+                return "ok", complete(client, request)[1]
+            body = {"model": "export", "prompt": request["prompt"], "max_tokens": request["max_tokens"],
+                    "temperature": 0}
+            with client.completions.with_streaming_response.create(stream=True, **body) as response:
+                chunks = response.parse()
+                text = next(iter(chunks)).choices[0].text
+                streaming_on.append(response.headers["x-specqd-replica"])
+                running.wait()
+                return "ok", text + "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+        except openai.APIError as error:
+            return type(error), error.message
 
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(lambda: client.completions.create(**long)) for _ in range(4)]
-        time.sleep(1.0)  # the long requests are running on both replicas
+        futures = [pool.submit(send, request) for request in LONG]
+        running.wait(timeout=60)
+        time.sleep(0.5)  # the unstreamed two are admitted too
+        victim = streaming_on[0]
         os.kill(pid(victim), signal.SIGKILL)
-        errors = [future.exception() for future in futures]
-    failed = [error for error in errors if error is not None]
-    assert failed, "no request was in flight on the killed replica"
-    for error in failed:
-        assert isinstance(error, openai.InternalServerError) and error.status_code >= 500
-    assert len(failed) < 4, "requests on the surviving replica must complete"
+        outcomes = [future.result() for future in futures]
+    finished = [(request, text) for request, (kind, text) in zip(LONG, outcomes) if kind == "ok"]
+    failed = [(request, kind, message) for request, (kind, message) in zip(LONG, outcomes) if kind != "ok"]
+    assert len(finished) == 2 and len(failed) == 2, outcomes
+    for request, text in finished:
+        assert text == single_process[(request["prompt"], request["max_tokens"])]
+    for request, kind, message in failed:
+        assert kind is (openai.APIError if request["stream"] else openai.InternalServerError), (kind, request)
+        assert "replica serving this request stopped" in message
 
     deadline = time.monotonic() + 90
     while True:
@@ -155,3 +174,15 @@ def test_a_killed_replica_fails_its_requests_with_a_5xx_and_is_replaced(client, 
             break
         assert time.monotonic() < deadline, f"no replacement replica answered: {replicas}"
         time.sleep(2)
+
+
+def test_a_folder_that_fails_to_load_fails_the_deploy_with_its_error(tiny_export, url, tmp_path):
+    """Runs last: it replaces the module's deployment."""
+    broken = tmp_path / "export"
+    shutil.copytree(tiny_export, broken)
+    weights = broken / "target" / "openvino_model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    started = time.monotonic()
+    with pytest.raises(GenerationError, match="the replicas failed to start: RuntimeError: Exception from ") as caught:
+        deploy(ray_args(broken))
+    assert time.monotonic() - started < 60 and "Incorrect weights in bin file" in str(caught.value)
