@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -77,15 +78,22 @@ def compare_solo(server: Server, export: Path, chain: str, texts: list[str], new
             "ratio": rates["server"] / rates["runtime"], "prompts": len(texts)}
 
 
+def slug(config: str) -> str:
+    """A configuration as a file name: 'specqd:tuned --replicas 2' -> 'specqd-tuned--replicas-2'."""
+    return re.sub(r"[^A-Za-z0-9_.,-]+", "-", config)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path)
     parser.add_argument("--configs", default="specqd:target;specqd:tuned;genai:target,draft",
-                        help="';'-separated ENGINE:CHAIN ('tuned': the chain `specqd tune` stored)")
+                        help="';'-separated ENGINE:CHAIN ('tuned': the chain `specqd tune` stored), each optionally "
+                             "followed by more `specqd serve` options, e.g. 'specqd:tuned --replicas 2'")
     parser.add_argument("--prompts", default="humaneval:82-163", help="held out from tune's and bench's prompts")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated concurrency levels")
-    parser.add_argument("--solo-prompts", type=int, default=8, help="prompts run one at a time, server vs runtime")
+    parser.add_argument("--solo-prompts", type=int, default=8,
+                        help="prompts run one at a time, server vs runtime (0: skip that comparison)")
     parser.add_argument("--out", type=Path, default=Path("docs/serve-bench"))
     args = parser.parse_args()
     tool = aiperf()
@@ -98,23 +106,25 @@ def main() -> int:
     servers, stops = {}, {}
     try:
         for config in configs:
-            engine, chain = config.split(":", 1)
+            name, *options = config.split()
+            engine, chain = name.split(":", 1)
             print(f"starting {config}", flush=True)
             stops[config] = ExitStack()
             servers[config] = stops[config].enter_context(running_server(
-                args.export, "--engine", engine, *(["--chain", chain] if chain != "tuned" else []),
-                log=work / f"{engine}-{chain}.log"))
+                args.export, "--engine", engine, *(["--chain", chain] if chain != "tuned" else []), *options,
+                log=work / f"{slug(config)}.log"))
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             for config, server in servers.items():
                 print(f"{config} at concurrency {concurrency}", flush=True)
                 row = run_load(tool, server.url, args.export.resolve().name, args.export / "target", dataset,
-                               concurrency, args.new_tokens, work / f"{config.replace(':', '-')}-c{concurrency}")
+                               concurrency, args.new_tokens, work / f"{slug(config)}-c{concurrency}")
                 results.append({"config": config, "concurrency": concurrency} | row)
                 print(json.dumps(results[-1]), flush=True)
         texts = prompts.load(args.prompts)[:args.solo_prompts]
         for config in sorted(servers, key=lambda config: config.startswith("specqd:")):
-            if config.startswith("specqd:"):
-                solo.append({"config": config} | compare_solo(servers[config], args.export, config[7:], texts,
+            if config.startswith("specqd:") and texts:
+                chain = config.split()[0].removeprefix("specqd:")
+                solo.append({"config": config} | compare_solo(servers[config], args.export, chain, texts,
                                                               args.new_tokens))
                 print(json.dumps(solo[-1]), flush=True)
             stops[config].close()  # done with it: its memory goes to the runtime's copy of the next chain
