@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .protocol import APIError
 
 PROXY_ENVIRONMENT = {"RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "specqd.server.ray_proxy.middlewares"}
+FULL = "every replica is busy and --max-queue requests already wait: retry later, or serve with more replicas"
 LOST = ("the replica serving this request stopped before it finished (killed, or out of memory); Ray Serve "
         "replaces it: send the request again")
 
@@ -67,8 +68,10 @@ class WatchedResponse:
             if self.held is not None:
                 self.held_body += message.get("body", b"")
                 if self.ended:
-                    await self.answer(self.held["status"], self.held_body.decode(errors="replace"),
-                                      self.held["headers"])
+                    text = self.held_body.decode(errors="replace").strip()
+                    if self.held["status"] == 503:  # Ray's back-pressure: say which option bounds it
+                        text = f"{text} ({FULL})"
+                    await self.answer(self.held["status"], text, self.held["headers"])
                 return
         await self.downstream(message)
 
@@ -82,7 +85,7 @@ class WatchedResponse:
                                    "more_body": False})
 
     async def answer(self, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-        body = json.dumps(APIError(status, message.strip() or LOST).body()).encode()
+        body = json.dumps(APIError(status, message or LOST).body()).encode()
         kept = [(name, value) for name, value in headers if name.lower() not in (b"content-type", b"content-length")]
         await self.downstream({"type": "http.response.start", "status": status, "headers": kept + [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

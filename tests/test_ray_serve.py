@@ -5,6 +5,7 @@ The replicas run in f32 with greedy decoding, so every answer must equal the sin
 module shares one deployment; the replica-kill test and the broken-folder test change it and come last.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,8 @@ import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.responses import PlainTextResponse
+from starlette.testclient import TestClient
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'specqd[ray]'")
 from ray import serve  # noqa: E402
@@ -25,6 +28,7 @@ from specqd.runtime.generation import GenerationError  # noqa: E402
 from specqd.server.process import free_port, running_server  # noqa: E402
 from specqd.server.ray_deploy import deploy, start_ray  # noqa: E402
 from specqd.server.ray_metrics import REPORT_SECONDS  # noqa: E402
+from specqd.server.ray_proxy import OpenAIErrors  # noqa: E402
 
 OPTIONS = ["--precision", "f32", "--chain", "target,target-mxfp4,draft", "--draft-budget", "off"]
 PROMPTS = ["def fibonacci(n: int) -> int:", "The quick brown fox jumps over", "import numpy as np\n",
@@ -123,6 +127,31 @@ def test_metrics_count_every_replica_whichever_answers_the_scrape(client, url):
     assert sum(successes(url).values()) - before == len(REQUESTS)
     scrapes = [successes(url) for _ in range(4)]
     assert all(len(scrape) == 2 for scrape in scrapes)
+
+
+def test_the_proxy_answers_its_own_errors_in_openai_shape():
+    """Ray's proxy answers back-pressure in plain text, a dead replica's request with nothing, and cuts a dead
+    replica's stream short; ray_proxy.OpenAIErrors, which Ray runs in its proxy, turns each into OpenAI's shape."""
+    async def plain_503(scope, receive, send):
+        await PlainTextResponse("Request dropped due to backpressure", 503)(scope, receive, send)
+
+    async def nothing(scope, receive, send):
+        pass
+
+    async def cut_stream(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'data: {"choices": []}\n\n', "more_body": True})
+
+    busy = TestClient(OpenAIErrors(plain_503)).post("/v1/completions")
+    assert busy.status_code == 503 and busy.json()["error"]["type"] == "service_unavailable"
+    assert "backpressure" in busy.json()["error"]["message"] and "--max-queue" in busy.json()["error"]["message"]
+    lost = TestClient(OpenAIErrors(nothing)).post("/v1/completions")
+    assert lost.status_code == 500 and "replica serving this request stopped" in lost.json()["error"]["message"]
+    cut = TestClient(OpenAIErrors(cut_stream)).post("/v1/completions")
+    events = [line.removeprefix("data: ") for line in cut.text.splitlines() if line]
+    assert events[0] == '{"choices": []}' and events[-1] == "[DONE]"
+    assert "replica serving this request stopped" in json.loads(events[-2])["error"]["message"]
 
 
 def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replaced(client, single_process):
