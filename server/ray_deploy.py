@@ -131,7 +131,7 @@ class SpecqdServer:
             self.reporting.cancel()
         if self.engine:
             self.engine.stop()
-        self.engine.folder.close()
+            self.engine.folder.close()
 
 
 def start_ray(address: str | None = None, **options) -> None:

@@ -203,6 +203,8 @@ def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replace
             break
         assert time.monotonic() < deadline, f"no replacement replica answered: {replicas}"
         time.sleep(2)
+    cores = {frozenset(os.sched_getaffinity(pid(replica))) for replica in replicas}
+    assert len(cores) == 2, "the replacement shares the surviving replica's core instead of taking the dead one's"
 
 
 def test_a_folder_that_fails_to_load_fails_the_deploy_with_its_error(tiny_export, url, tmp_path):
