@@ -142,12 +142,18 @@ def start_ray(address: str | None = None, **options) -> None:
     ray.init(address=address, **options)
 
 
+def connect(args: argparse.Namespace) -> None:
+    """Join --ray-address, or start a local instance for this server alone (no dashboard: a cluster started by
+    `ray start` has its own); nothing to do when this process is connected already."""
+    if not ray.is_initialized():
+        start_ray(args.ray_address, **({} if args.ray_address else {"include_dashboard": False}))
+
+
 def deploy(args: argparse.Namespace) -> str:
     """Run the replicas on the Ray instance this process is connected to (a local one if none) and return the
     proxy's URL once every replica answers. A replica that fails to load fails this call with its error."""
     plan = ReplicaPlan.from_args(args)
-    if not ray.is_initialized():  # a local instance for this server alone needs no dashboard; a cluster has its own
-        start_ray(args.ray_address, **({} if args.ray_address else {"include_dashboard": False}))
+    connect(args)
     serve.start(http_options={"host": args.host, "port": args.port})
     replica_args = argparse.Namespace(**vars(args) | {"threads": plan.threads})
     server = SpecqdServer.options(**plan.deployment_options).bind(replica_args, MetricsHub.bind())
@@ -169,15 +175,17 @@ def replica_error(status: str) -> str:
 
 
 def serve_with_ray(args: argparse.Namespace) -> int:
-    """`specqd serve --replicas N`: deploy, serve until interrupted, then stop the replicas and Ray."""
+    """`specqd serve --replicas N`: deploy, serve until Ctrl-C or SIGTERM, then stop the replicas and Ray."""
+    connect(args)
+    # ray.init installs a SIGTERM handler that exits at once, leaving Ray's processes behind: stop as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         url = deploy(args)
         log.info("serving %s on %s/v1 (Ray Serve; metrics of every replica on %s/metrics)", model_name(args), url,
                  url)
-        stop = threading.Event()
-        for number in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs a SIGTERM handler that exits
-            signal.signal(number, lambda *_: stop.set())
-        stop.wait()
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
     finally:
         serve.shutdown()
         ray.shutdown()

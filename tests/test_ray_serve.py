@@ -96,6 +96,20 @@ def successes(url: str) -> dict[str, float]:
     return counts
 
 
+def test_the_command_serves_through_ray_and_its_sigterm_stops_every_replica(tiny_export, tmp_path):
+    """`specqd serve --replicas 1` as a process (it starts its own local Ray); first in the module, so that
+    the module's Ray instance is not running beside it."""
+    with running_server(tiny_export, "--replicas", "1", "--threads-per-replica", "1", "--chain", "target",
+                        log=tmp_path / "server.log") as server:
+        answer = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hello", "max_tokens": 4}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 4
+        replica = pid(answer.headers["x-specqd-replica"])
+    deadline = time.monotonic() + 20  # running_server sent SIGTERM and saw the server exit
+    while os.path.exists(f"/proc/{replica}"):
+        assert time.monotonic() < deadline, "the replica outlived the server"
+        time.sleep(0.5)
+
+
 def test_both_replicas_answer_each_with_the_single_process_servers_text(client, single_process):
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda request: complete(client, request), REQUESTS))
