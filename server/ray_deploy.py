@@ -117,7 +117,10 @@ class SpecqdServer:
 
     async def report_metrics(self) -> None:
         while True:
-            await self.hub.report.remote(self.name, self.own_metrics())
+            try:
+                await self.hub.report.remote(self.name, self.own_metrics())
+            except Exception as error:  # e.g. the hub's replica is being replaced: report again next time
+                replica_log.warning("could not report metrics to the hub: %s", error)
             await asyncio.sleep(REPORT_SECONDS)
 
     async def every_replicas_metrics(self) -> bytes:

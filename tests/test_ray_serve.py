@@ -27,7 +27,7 @@ from specqd.runtime.cli import parser  # noqa: E402
 from specqd.runtime.generation import GenerationError  # noqa: E402
 from specqd.server.process import free_port, running_server  # noqa: E402
 from specqd.server.ray_deploy import deploy, start_ray  # noqa: E402
-from specqd.server.ray_metrics import REPORT_SECONDS  # noqa: E402
+from specqd.server.ray_metrics import REPORT_SECONDS, STALE_SECONDS  # noqa: E402
 from specqd.server.ray_proxy import OpenAIErrors  # noqa: E402
 
 OPTIONS = ["--precision", "f32", "--chain", "target,target-mxfp4,draft", "--draft-budget", "off"]
@@ -180,10 +180,10 @@ def test_the_proxy_answers_its_own_errors_in_openai_shape():
     assert "replica serving this request stopped" in json.loads(events[-2])["error"]["message"]
 
 
-def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replaced(client, single_process):
+def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replaced(client, url, single_process):
     """Four long requests fill both replicas (two places each); one replica is killed by its PID mid-answer.
     Its two requests fail with OpenAI-shaped errors, a JSON 500 or, once streaming, an error event; the other
-    replica's two complete; Ray starts a replacement that answers like the rest."""
+    replica's two complete; Ray starts a replacement that answers like the rest, and /metrics forgets the dead one."""
     running = threading.Barrier(3)  # the two streams have their first chunk, and the test thread
     streaming_on: list[str] = []
 
@@ -231,6 +231,10 @@ def test_a_killed_replica_fails_only_its_requests_in_openai_shape_and_is_replace
         time.sleep(2)
     cores = {frozenset(os.sched_getaffinity(pid(replica))) for replica in replicas}
     assert len(cores) == 2, "the replacement shares the surviving replica's core instead of taking the dead one's"
+    deadline = time.monotonic() + 3 * STALE_SECONDS
+    while set(successes(url)) != replicas:  # the dead replica's metrics leave once stale
+        assert time.monotonic() < deadline, successes(url)
+        time.sleep(1)
 
 
 def test_a_folder_that_fails_to_load_fails_the_deploy_with_its_error(tiny_export, url, tmp_path):
