@@ -18,6 +18,11 @@ from ..runtime.pipeline import ExportFolder, default_chain
 log = logging.getLogger("specqd.server")
 
 
+# Any of these serves through Ray Serve (ray_deploy.py); without them, one process and no Ray.
+SCALE_OUT_OPTIONS = ("replicas", "threads_per_replica", "cpu_set", "min_replicas", "max_replicas",
+                     "target_ongoing_requests", "ray_address")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain", help="default chain, from the target down (default: what `specqd tune` chose, "
                                         "else target,target-mxfp4,draft); a request may name another")
@@ -50,14 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--threads-per-replica", type=integer(1), metavar="T",
                        help="OpenVINO threads and cores of each replica (default: this machine's cores / replicas)")
     scale.add_argument("--cpu-set", action="append", type=cpu_list, metavar="CPUS",
-                       help="the cores of a machine's n-th replica, e.g. 0-27,56-83 (a socket's cpulist from "
-                            "/sys/devices/system/node/node0/cpulist); repeat once per replica on a machine "
-                            "(default: consecutive blocks of --threads-per-replica cores)")
-    scale.add_argument("--min-replicas", type=integer(0), metavar="N", help="autoscale: fewest replicas (with --max-replicas)")
-    scale.add_argument("--max-replicas", type=integer(1), metavar="N", help="autoscale: most replicas; turns autoscaling on")
+                       help="the cores of a machine's n-th replica, e.g. 0-27 (one socket's physical cores, from "
+                            "lscpu -e); repeat once per replica on a machine (default: consecutive blocks of "
+                            "--threads-per-replica cores)")
+    scale.add_argument("--min-replicas", type=integer(0), metavar="N",
+                       help="autoscale: fewest replicas (with --max-replicas; default 0)")
+    scale.add_argument("--max-replicas", type=integer(1), metavar="N",
+                       help="autoscale: most replicas; turns autoscaling on")
     scale.add_argument("--target-ongoing-requests", type=real(lambda value: value > 0, "above 0"), metavar="R",
                        help="autoscale: requests per replica Ray Serve aims for (default: --max-batch)")
-    scale.add_argument("--ray-address", help="join this Ray cluster, e.g. auto or ray://head:10001 (default: start "
+    scale.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster, e.g. auto or ray://head:10001 (default: start "
                                              "a local Ray instance)")
 
 
@@ -85,7 +92,7 @@ def cpu_list(text: str) -> list[int]:
 def serve(args: argparse.Namespace) -> int:
     """One process on this machine, or (--replicas) one process per core set behind Ray Serve."""
     logging.basicConfig(level=logging.INFO, format="specqd serve: %(message)s")
-    if args.replicas or args.max_replicas:
+    if any(getattr(args, option) is not None for option in SCALE_OUT_OPTIONS):
         try:
             from .ray_deploy import serve_with_ray
         except ImportError as error:

@@ -43,12 +43,13 @@ class ReplicaPlan:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ReplicaPlan":
-        if args.min_replicas is not None and args.max_replicas is None:
-            raise GenerationError("--min-replicas needs --max-replicas (which turns autoscaling on)")
+        for option in ("min_replicas", "target_ongoing_requests"):
+            if getattr(args, option) is not None and args.max_replicas is None:
+                raise GenerationError(f"--{option.replace('_', '-')} needs --max-replicas (which turns autoscaling on)")
         replicas = args.replicas or args.min_replicas or 1
         if args.max_replicas is not None and not (args.min_replicas or 0) <= replicas <= args.max_replicas:
-            raise GenerationError(f"--replicas {replicas} must lie between --min-replicas and --max-replicas "
-                                  f"{args.max_replicas}")
+            raise GenerationError(f"--replicas {replicas} must lie between --min-replicas {args.min_replicas or 0} "
+                                  f"and --max-replicas {args.max_replicas}")
         threads = args.threads_per_replica or max(1, (os.cpu_count() or 1) // replicas)
         options = {
             "ray_actor_options": {"num_cpus": threads},
@@ -179,6 +180,7 @@ def replica_error(status: str) -> str:
 
 def serve_with_ray(args: argparse.Namespace) -> int:
     """`specqd serve --replicas N`: deploy, serve until Ctrl-C or SIGTERM, then stop the replicas and Ray."""
+    ReplicaPlan.from_args(args)  # a wrong option fails here, before Ray starts
     connect(args)
     # ray.init installs a SIGTERM handler that exits at once, leaving Ray's processes behind: stop as Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
