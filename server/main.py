@@ -64,8 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="autoscale: most replicas; turns autoscaling on")
     scale.add_argument("--target-ongoing-requests", type=real(lambda value: value > 0, "above 0"), metavar="R",
                        help="autoscale: requests per replica Ray Serve aims for (default: --max-batch)")
-    scale.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster, e.g. auto or ray://head:10001 (default: start "
-                                             "a local Ray instance)")
+    scale.add_argument("--ray-address", metavar="ADDRESS",
+                       help="join this Ray cluster, e.g. auto (default: start a local Ray instance)")
 
 
 def port(text: str) -> int:
