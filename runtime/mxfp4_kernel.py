@@ -1,82 +1,44 @@
-"""specqd's MXFP4 matmul (runtime/csrc) for MXFP4 levels: building it, loading it, and pointing an IR at it.
+"""specqd's MXFP4 matmul (runtime/csrc) for MXFP4 levels: finding its library, loading it, and pointing an IR at it.
 
 OpenVINO's CPU plugin decompresses MXFP4 weights once per activation row, so a verify step over 8 tokens costs
 about 3x a step over 1 and an MXFP4 middle level is as slow as the BF16 target when it verifies. The kernel
 decodes each block of 32 weights once for all rows (docs/mxfp4-kernel.md has the per-shape figures).
 
-The kernel is an OpenVINO extension library built by `specqd build-kernel` (scripts/setup.sh runs it) into
-the cache. An MXFP4 IR is rewritten as text before it is read: every MatMul fed by NNCF's MXFP4 decompression
-subgraph becomes an MXFP4MatMul fed by u8 views of the same bytes of the .bin, so nothing is copied or saved.
-Without the library, on a CPU without AVX512-BF16, or for weights whose scales the kernel cannot represent
-exactly, a level keeps OpenVINO's own path; the log line says which path each level runs.
+Where the library comes from, one rule: it is the file libspecqd_mxfp4.so of the installed specqd.runtime
+package, compiled when the package was built (scikit-build-core runs runtime/csrc/CMakeLists.txt for
+`pip wheel .`, `pip install .` and the editable `pip install -e .` of scripts/setup.sh). Nothing is compiled
+at run time, so an app that ships the wheel ships no compiler. In a checkout, re-run scripts/setup.sh after
+editing runtime/csrc.
+
+An MXFP4 IR is rewritten as text before it is read: every MatMul fed by NNCF's MXFP4 decompression subgraph
+becomes an MXFP4MatMul fed by u8 views of the same bytes of the .bin, so nothing is copied or saved. Without
+the library, on a CPU without AVX512-BF16, or for weights whose scales the kernel cannot represent exactly, a
+level keeps OpenVINO's own path; one log line per MXFP4 level says which path it runs and why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import shutil
-import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from specqd.models.cache import atomic_path, cache_root, say
+from specqd.models.cache import say
 
 OPENVINO_KERNEL = "openvino-cpu"
 SPECQD_KERNEL = "specqd-mxfp4"
-SOURCES = Path(__file__).parent / "csrc"
 LIBRARY = "libspecqd_mxfp4.so"
 TILE = 4                     # outputs per tile in the kernel's packed layout (kTile)
 SCALES = (2, 252)            # e8m0 scales the kernel represents exactly (scales_supported)
 
 
 def library_path() -> Path:
-    """One build per OpenVINO version and kernel source, so an upgrade of either rebuilds."""
-    digest = hashlib.sha256()
-    for source in sorted(SOURCES.iterdir()):
-        digest.update(source.name.encode() + source.read_bytes())
-    return cache_root() / "kernels" / f"openvino-{ov.get_version().split('-')[0]}-{digest.hexdigest()[:12]}" / LIBRARY
-
-
-def cpu_supported() -> bool:
-    """Whether this CPU has the kernel's instructions, from the flags Linux reports (no library needed)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
-
-
-class KernelBuildError(RuntimeError):
-    pass
-
-
-def build() -> Path:
-    """Compile the extension with CMake against the installed openvino wheel (headers, CMake config, TBB)."""
-    target = library_path()
-    if target.exists():
-        say(f"MXFP4 kernel: already built at {target}")
-        return target
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise KernelBuildError(f"building the MXFP4 kernel needs {tool}: install it (Debian: apt install cmake g++)")
-    openvino_cmake = Path(ov.__file__).parent / "cmake"
-    with tempfile.TemporaryDirectory() as build_dir:
-        say(f"MXFP4 kernel: building {SOURCES} against {openvino_cmake}")
-        for step in (["cmake", "-S", str(SOURCES), "-B", build_dir, f"-DOpenVINO_DIR={openvino_cmake}"],
-                     ["cmake", "--build", build_dir, "-j2"]):
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode:
-                raise KernelBuildError(f"building the MXFP4 kernel failed at `{' '.join(step)}`:\n{done.stdout}{done.stderr}")
-        with atomic_path(target) as scratch:
-            shutil.copy2(Path(build_dir) / LIBRARY, scratch)
-    say(f"MXFP4 kernel: built {target}")
-    return target
+    """The library packaged with specqd.runtime (a resource, so an editable install finds its built copy too)."""
+    return Path(str(files(__package__) / LIBRARY))
 
 
 @dataclass
@@ -89,10 +51,10 @@ class Kernel:
     def find(cls) -> Kernel:
         path = library_path()
         if not path.exists():
-            return cls(None, "not built (run `specqd build-kernel`)")
+            return cls(None, f"not in this install ({path} is missing: reinstall specqd)")
         library = ctypes.CDLL(str(path))
         if not library.specqd_mxfp4_cpu_supported():
-            return cls(None, "this CPU lacks AVX-512 BF16")
+            return cls(None, "not supported by this CPU (it lacks AVX512-BF16)")
         return cls(library)
 
     def matmul(self, x: np.ndarray, nibbles: np.ndarray, scales: np.ndarray, activations: str = "bf16") -> np.ndarray:

@@ -1,4 +1,5 @@
-"""specqd's MXFP4 kernel: equal to MXFP4 dequantize-and-matmul, taken by MXFP4 levels, and token-exact chains."""
+"""specqd's MXFP4 kernel: equal to MXFP4 dequantize-and-matmul, taken by MXFP4 levels, token-exact chains, and
+OpenVINO's path with one line saying why wherever it cannot run."""
 
 import xml.etree.ElementTree as ET
 
@@ -144,17 +145,39 @@ def test_chains_with_the_kernel_give_the_targets_own_tokens_in_f32(mxfp4_kernel_
         assert kernels["target-mxfp4"] == SPECQD_KERNEL and kernels["target"] == OPENVINO_KERNEL
 
 
-def test_without_the_kernel_mxfp4_levels_fall_back_to_openvino_and_say_so(tiny_export, tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("SPECQD_CACHE", str(tmp_path))  # an empty cache: nothing built
-    missing = Kernel.find()
-    assert missing.library is None and "specqd build-kernel" in missing.unavailable
+def test_an_install_without_the_library_falls_back_to_openvino_and_says_so(tiny_export, tmp_path, monkeypatch,
+                                                                            capfd):
+    monkeypatch.setattr(mxfp4_kernel, "library_path", lambda: tmp_path / mxfp4_kernel.LIBRARY)
+    folder = ExportFolder(tiny_export)
+    result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)
+    assert [level["kernel"] for level in result.stats["levels"]] == [OPENVINO_KERNEL, OPENVINO_KERNEL]
+    assert ("target-mxfp4: MXFP4 matmuls on OpenVINO's own path: specqd's kernel is not in this install"
+            in capfd.readouterr().err)
+
+
+def test_a_cpu_without_avx512_bf16_falls_back_to_openvino_in_one_line(tiny_export, monkeypatch, capfd):
+    class LibraryOnSuchACpu:
+        """What the real library answers there: it loads (the AVX-512 code is compiled per function)."""
+        def __init__(self, path: str):
+            pass
+
+        def specqd_mxfp4_cpu_supported(self) -> int:
+            return 0
+
+    monkeypatch.setattr(mxfp4_kernel.ctypes, "CDLL", LibraryOnSuchACpu)
+    kernel = Kernel.find()
+    monkeypatch.undo()
+    assert kernel.library is None
+    capfd.readouterr()
+    ir = kernel.read_model(ov.Core(), tiny_export / "target-mxfp4" / "openvino_model.xml", "bf16")
+    assert ir.kernel == OPENVINO_KERNEL
+    assert capfd.readouterr().err.splitlines() == [
+        "target-mxfp4: MXFP4 matmuls on OpenVINO's own path: specqd's kernel is not supported by this CPU "
+        "(it lacks AVX512-BF16)"]
+
+
+def test_the_kernel_can_be_turned_off(tiny_export, capfd):
     folder = ExportFolder(tiny_export, mxfp4_kernel=False)
     result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)
     assert [level["kernel"] for level in result.stats["levels"]] == [OPENVINO_KERNEL, OPENVINO_KERNEL]
     assert "OpenVINO's own path: specqd's kernel is turned off" in capfd.readouterr().err
-
-
-def test_build_is_cached_per_openvino_version_and_source(mxfp4_kernel_built):
-    path = mxfp4_kernel.library_path()
-    assert path.exists() and ov.get_version().split("-")[0] in str(path)
-    assert mxfp4_kernel.build() == path  # a second build is free
