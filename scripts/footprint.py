@@ -40,7 +40,7 @@ class ChainFootprint:
     chain: str
     weights_mb: float         # the chain's IR files on disk (manifest bytes)
     load_seconds: float       # Pipeline.load: read, rewrite and compile every level
-    first_run_seconds: float  # the first 64-token generation: OpenVINO lays out each level's weights on first use
+    first_run_seconds: float  # the first 64-token generation: each level's first pass is slow (OpenVINO's setup)
     warm_run_seconds: float   # the same generation again
     rss_loaded_mb: float      # resident after Pipeline.load
     rss_peak_mb: float        # peak resident (VmHWM) after both generations
@@ -64,7 +64,7 @@ def measure_import() -> dict:
     return {"seconds": time.perf_counter() - started}
 
 
-def measure_chain(export: str, chain: str) -> dict:
+def measure_chain(export: Path, chain: str) -> dict:
     from specqd.runtime.pipeline import Pipeline
 
     started = time.perf_counter()
@@ -88,8 +88,8 @@ def _status_mb(field: str) -> float:
 
 # In the caller's interpreter.
 
-def run_measure(python: str, *args: str) -> dict:
-    done = subprocess.run([python, __file__, "--measure", *args], capture_output=True, text=True, cwd="/")
+def run_measure(python: str, export: Path, *args: str) -> dict:
+    done = subprocess.run([python, __file__, str(export), *args], capture_output=True, text=True, cwd="/")
     if done.returncode:
         sys.exit(f"footprint: {' '.join(args)} failed:\n{done.stderr}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -122,25 +122,27 @@ def warm_page_cache(export: Path, chain: list[str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("export", nargs="?", type=Path, help="an export folder made by export-mxfp4")
+    parser.add_argument("export", type=Path, help="an export folder made by export-mxfp4")
     parser.add_argument("--python", default=sys.executable, help="the runtime venv's interpreter")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)  # one measurement, in a child process
+    # One measurement, in a child process of the runtime venv's interpreter.
+    parser.add_argument("--measure-import", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--measure-chain", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.measure:
-        kind, *rest = args.measure
-        print(json.dumps(measure_import() if kind == "import" else measure_chain(*rest)))
+    if args.measure_import or args.measure_chain:
+        print(json.dumps(measure_import() if args.measure_import else measure_chain(args.export, args.measure_chain)))
         return 0
 
     prefix = Path(subprocess.run([args.python, "-c", "import sys; print(sys.prefix)"], capture_output=True,
                                  text=True, check=True).stdout.strip())
     install_mb = directory_mb(prefix)
-    import_seconds = statistics.median(run_measure(args.python, "import")["seconds"] for _ in range(IMPORT_RUNS))
+    import_seconds = statistics.median(run_measure(args.python, args.export, "--measure-import")["seconds"]
+                                       for _ in range(IMPORT_RUNS))
     measured = []
     for label, chain in chains(args.export).items():
         warm_page_cache(args.export, chain)
         measured.append(ChainFootprint(label + ": " + ",".join(chain), weights_mb(args.export, chain),
-                                       **run_measure(args.python, "chain", str(args.export), ",".join(chain))))
+                                       **run_measure(args.python, args.export, "--measure-chain", ",".join(chain))))
     budget = Budget()
     verdict = {"install": install_mb <= budget.install_mb, "import": import_seconds <= budget.import_seconds,
                "startup": all(chain.startup_seconds <= budget.startup_seconds for chain in measured),
