@@ -79,7 +79,7 @@ class Kernel:
             core.add_extension(self.library._name)
 
     def read_model(self, core: ov.Core, xml: Path, activations: str) -> LoadedIR:
-        """The IR with its MXFP4 MatMuls on this kernel when it can take them.
+        """The IR with its MXFP4 MatMuls (and the embedding lookup over them) on this kernel when it can take them.
 
         `core` must have had register() called; activations is the inference precision (bf16 or f32). For an
         IR with MXFP4 weights, says which path its MatMuls take.
@@ -111,40 +111,115 @@ class LoadedIR:
 
 
 def rewrite(xml: str, weights: np.ndarray, activations: str) -> tuple[str, int]:
-    """Replace each MatMul(x, MXFP4 decompression) by MXFP4MatMul(x, nibbles, scales); count replaced.
+    """Put an IR's MXFP4 weights on the kernel: return the new IR and how many MatMuls moved.
 
     The decompression NNCF writes is Const f4e2m1 [O, K/32, 32] and Const f8e8m0 [O, K/32, 1], both Converted,
-    Multiplied, Reshaped to [O, K] and Converted, into MatMul(transpose_b). The new op reads the two Consts'
-    bytes as u8 [O, K/2] and [O, K/32]; the old subgraph stays for any other user (the tied embedding's Gather).
+    Multiplied, Reshaped to [O, K] and Converted. Each MatMul(x, decompression, transpose_b) becomes
+    MXFP4MatMul(x, nibbles, scales), and the embedding's Gather(decompression, indices, axis 0) becomes
+    MXFP4Gather(indices, nibbles, scales): both read the two Consts' bytes as u8 [O, K/2] and [O, K/32]. The
+    decompression, left without users, is dropped; OpenVINO would otherwise fold the embedding's into f32.
     """
-    net = ET.fromstring(xml)
-    layers = {layer.get("id"): layer for layer in net.iter("layer")}
-    edges = net.find("edges")
-    source = {(edge.get("to-layer"), edge.get("to-port")): edge for edge in edges}
-    next_id = max(int(i) for i in layers) + 1
+    graph = _Graph(ET.fromstring(xml))
     count = 0
-    for matmul in [layer for layer in layers.values() if layer.get("type") == "MatMul"]:
-        found = _mxfp4_weights(matmul, layers, source, weights)
-        if found is None:
-            continue
-        outputs, blocks = (int(d) for d in found[1].find("data").get("shape").split(",")[:2])
-        matmul.set("type", "MXFP4MatMul")
-        matmul.set("version", "specqd")
-        matmul.find("data").attrib = {"activations": activations}
-        inputs = matmul.find("input")
-        weight_port = inputs.findall("port")[1]
-        inputs.remove(weight_port)
-        edges.remove(source[(matmul.get("id"), weight_port.get("id"))])
-        scale_port = str(1 + max(int(port.get("id")) for port in matmul.iter("port")))
-        for const, shape, port_id in ((found[0], [outputs, blocks * 16], weight_port.get("id")),
-                                      (found[1], [outputs, blocks], scale_port)):
-            net.find("layers").append(_u8_view(const, shape, str(next_id)))
+    for layer in list(graph.layers.values()):
+        if layer.get("type") == "MatMul" and (found := _mxfp4_weights(graph, layer, weights)):
+            graph.replace(layer, "MXFP4MatMul", {"activations": activations}, keep=0, tables=found)
+            count += 1
+        elif layer.get("type") == "Gather" and (found := _mxfp4_table(graph, layer, weights)):
+            graph.replace(layer, "MXFP4Gather", {}, keep=1, tables=found)
+    return ET.tostring(graph.net, encoding="unicode"), count
+
+
+class _Graph:
+    """An IR's layers and edges, with the lookups and the one edit the rewrite needs."""
+
+    def __init__(self, net: ET.Element):
+        self.net = net
+        self.layers = {layer.get("id"): layer for layer in net.iter("layer")}
+        self.edges = net.find("edges")
+        self.source = {(edge.get("to-layer"), edge.get("to-port")): edge for edge in self.edges}
+        self.next_id = max(int(i) for i in self.layers) + 1
+
+    def producer(self, layer: ET.Element, port_index: int = 0) -> ET.Element | None:
+        port = layer.find("input").findall("port")[port_index]
+        edge = self.source.get((layer.get("id"), port.get("id")))
+        return self.layers[edge.get("from-layer")] if edge is not None else None
+
+    def decompression(self, node: ET.Element | None) -> tuple[ET.Element, ET.Element] | None:
+        """The f4e2m1 and f8e8m0 Const layers of the MXFP4 decompression that ends at `node`, if it is one."""
+        while node is not None and node.get("type") in ("Convert", "Reshape"):
+            node = self.producer(node)
+        if node is None or node.get("type") != "Multiply":
+            return None
+        consts = {}
+        for index in (0, 1):
+            const = self.producer(node, index)
+            while const is not None and const.get("type") == "Convert":
+                const = self.producer(const)
+            if const is None or const.get("type") != "Const":
+                return None
+            consts[const.find("data").get("element_type")] = const
+        nibbles, scales = consts.get("f4e2m1"), consts.get("f8e8m0")
+        if nibbles is None or scales is None:
+            return None
+        shape = _shape(scales)
+        return (nibbles, scales) if len(shape) == 3 and shape[2] == 1 else None
+
+    def replace(self, layer: ET.Element, op: str, attributes: dict[str, str], keep: int,
+                tables: tuple[ET.Element, ET.Element]) -> None:
+        """Make `layer` the specqd op `op` over input `keep` and u8 views of the nibbles and scales Consts."""
+        layer.set("type", op)
+        layer.set("version", "specqd")
+        data = layer.find("data")
+        if data is None:
+            data = ET.SubElement(layer, "data")
+        data.attrib = attributes
+        inputs = layer.find("input")
+        for index, port in enumerate(inputs.findall("port")):
+            if index != keep:
+                inputs.remove(port)
+                self.edges.remove(self.source[(layer.get("id"), port.get("id"))])
+        outputs, blocks = _shape(tables[1])[:2]
+        for const, shape in ((tables[0], [outputs, blocks * 16]), (tables[1], [outputs, blocks])):
+            port_id = str(1 + max(int(port.get("id")) for port in layer.iter("port")))
+            self.net.find("layers").append(_u8_view(const, shape, str(self.next_id)))
             _add_port(inputs, port_id, shape)
-            ET.SubElement(edges, "edge", {"from-layer": str(next_id), "from-port": "0",
-                                          "to-layer": matmul.get("id"), "to-port": port_id})
-            next_id += 1
-        count += 1
-    return ET.tostring(net, encoding="unicode"), count
+            ET.SubElement(self.edges, "edge", {"from-layer": str(self.next_id), "from-port": "0",
+                                               "to-layer": layer.get("id"), "to-port": port_id})
+            self.next_id += 1
+
+
+def _mxfp4_weights(graph: _Graph, matmul: ET.Element, weights: np.ndarray) -> tuple[ET.Element, ET.Element] | None:
+    """The MXFP4 Consts behind a MatMul's weight input, if the kernel can take them."""
+    data = matmul.find("data")
+    if data is None or data.get("transpose_a") != "false" or data.get("transpose_b") != "true":
+        return None
+    found = graph.decompression(graph.producer(matmul, 1))
+    if found is None or _shape(found[1])[0] % TILE:
+        return None
+    scales = found[1].find("data")
+    offset, size = int(scales.get("offset")), int(scales.get("size"))
+    values = weights[offset:offset + size]
+    if values.min() < SCALES[0] or values.max() > SCALES[1]:
+        return None
+    return found
+
+
+def _mxfp4_table(graph: _Graph, gather: ET.Element, weights: np.ndarray) -> tuple[ET.Element, ET.Element] | None:
+    """The MXFP4 Consts of the table a Gather looks rows up in (axis 0), if it is one."""
+    data, axis = gather.find("data"), graph.producer(gather, 2)
+    if data is None or data.get("batch_dims") != "0" or axis is None or axis.get("type") != "Const":
+        return None
+    axis_data = axis.find("data")
+    dtype = {"i32": np.int32, "i64": np.int64}.get(axis_data.get("element_type"))
+    offset, size = int(axis_data.get("offset")), int(axis_data.get("size"))
+    if dtype is None or np.frombuffer(weights[offset:offset + size].tobytes(), dtype).tolist() != [0]:
+        return None
+    return graph.decompression(graph.producer(gather, 0))
+
+
+def _shape(const: ET.Element) -> list[int]:
+    return [int(d) for d in const.find("data").get("shape").split(",") if d.strip()]
 
 
 def _u8_view(const: ET.Element, shape: list[int], layer_id: str) -> ET.Element:
@@ -161,40 +236,3 @@ def _add_port(parent: ET.Element, port_id: str, shape: list[int]) -> None:
     port = ET.SubElement(parent, "port", id=port_id, precision="U8")
     for dim in shape:
         ET.SubElement(port, "dim").text = str(dim)
-
-
-def _mxfp4_weights(matmul, layers, source, weights) -> tuple[ET.Element, ET.Element] | None:
-    """The f4e2m1 and f8e8m0 Const layers behind a MatMul's weight input, if the kernel can take them."""
-    data = matmul.find("data")
-    if data is None or data.get("transpose_a") != "false" or data.get("transpose_b") != "true":
-        return None
-
-    def producer(layer, port_index=0):
-        port = layer.find("input").findall("port")[port_index]
-        edge = source.get((layer.get("id"), port.get("id")))
-        return layers[edge.get("from-layer")] if edge is not None else None
-
-    node = producer(matmul, 1)
-    while node is not None and node.get("type") in ("Convert", "Reshape"):
-        node = producer(node)
-    if node is None or node.get("type") != "Multiply":
-        return None
-    consts = {}
-    for index in (0, 1):
-        const = producer(node, index)
-        while const is not None and const.get("type") == "Convert":
-            const = producer(const)
-        if const is None or const.get("type") != "Const":
-            return None
-        consts[const.find("data").get("element_type")] = const
-    nibbles, scales = consts.get("f4e2m1"), consts.get("f8e8m0")
-    if nibbles is None or scales is None:
-        return None
-    shape = [int(d) for d in scales.find("data").get("shape").split(",")]
-    if len(shape) != 3 or shape[2] != 1 or shape[0] % TILE:
-        return None
-    offset, size = int(scales.find("data").get("offset")), int(scales.find("data").get("size"))
-    values = weights[offset:offset + size]
-    if values.min() < SCALES[0] or values.max() > SCALES[1]:
-        return None
-    return nibbles, scales

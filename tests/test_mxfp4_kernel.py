@@ -104,32 +104,39 @@ def test_mxfp4_levels_run_on_the_kernel_and_other_levels_do_not(mxfp4_kernel_bui
     assert f"MXFP4 matmuls on {SPECQD_KERNEL}" in capfd.readouterr().err
 
 
-def test_the_rewrite_replaces_every_mxfp4_matmul_and_keeps_the_logits(mxfp4_kernel_built, tiny_export):
+def test_the_rewrite_moves_every_mxfp4_matmul_and_the_embedding_and_keeps_the_logits(mxfp4_kernel_built, tiny_export):
     xml = tiny_export / "target-mxfp4" / "openvino_model.xml"
     core = ov.Core()
     mxfp4_kernel_built.register(core)
     ir = mxfp4_kernel_built.read_model(core, xml, "f32")
-    rewritten = [op for op in ir.model.get_ops() if op.get_type_name() == "MXFP4MatMul"]
-    mxfp4_matmuls = [op for op in core.read_model(xml).get_ops() if op.get_type_name() == "MatMul"
-                     and "f4e2m1" in _weight_source_types(op)]
-    assert len(rewritten) == len(mxfp4_matmuls) > 0
+    original = core.read_model(xml).get_ops()
+    mxfp4_matmuls = [op for op in original if op.get_type_name() == "MatMul" and "f4e2m1" in _source_types(op, 1)]
+    [embedding] = [op for op in original if op.get_type_name() == "Gather" and "f4e2m1" in _source_types(op, 0)]
+    ours = ir.model.get_ops()
+    assert len([op for op in ours if op.get_type_name() == "MXFP4MatMul"]) == len(mxfp4_matmuls) > 0
+    assert len([op for op in ours if op.get_type_name() == "MXFP4Gather"]) == 1
 
     inputs = {"input_ids": np.array([[5, 17, 42, 7]]), "attention_mask": np.ones((1, 4), np.int64),
               "position_ids": np.arange(4)[None], "beam_idx": np.zeros(1, np.int32)}
     config = {"INFERENCE_PRECISION_HINT": "f32"}
-    ours = core.compile_model(ir.model, "CPU", config)(inputs)["logits"]
+    compiled = core.compile_model(ir.model, "CPU", config)
     theirs = core.compile_model(core.read_model(xml), "CPU", config)(inputs)["logits"]
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    np.testing.assert_allclose(compiled(inputs)["logits"], theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # The embedding table is looked up row by row: OpenVINO never decompresses it whole.
+    table = embedding.input_value(0).get_partial_shape()
+    assert [op for op in compiled.get_runtime_model().get_ops()
+            if op.get_output_size() and op.get_output_partial_shape(0) == table] == []
 
 
-def _weight_source_types(op) -> set[str]:
-    """Element types of the Consts behind a MatMul's weight input."""
-    found, stack = set(), [op.input_value(1).get_node()]
+def _source_types(op, index: int) -> set[str]:
+    """Element types of the Consts that one of an op's inputs decompresses (through Convert, Reshape, Multiply)."""
+    found, stack = set(), [op.input_value(index).get_node()]
     while stack:
         node = stack.pop()
         if node.get_type_name() == "Constant":
             found.add(node.get_element_type().get_type_name())
-        stack.extend(value.get_node() for value in node.input_values())
+        elif node.get_type_name() in ("Convert", "Reshape", "Multiply"):
+            stack.extend(value.get_node() for value in node.input_values())
     return found
 
 
