@@ -3,8 +3,8 @@
 Each loop turn admits waiting requests while the batch and the KV cache have room, then runs one speculative
 round for all running requests of a chain in ONE target pass (each draft level also proposes for all of them
 in batched passes), and hands each request the text it gained. New prompts join that pass within a per-turn
-budget of prompt tokens; a longer prompt is read a chunk per turn. Requests
-join and leave at every turn; a request's tokens never depend on what shares its batch (runtime/generation.py).
+budget of prompt tokens; a longer prompt is read a chunk per turn. Requests join and leave at every turn; a
+request's tokens never depend on what shares its batch (runtime/generation.py).
 The HTTP side talks to it through `submit` and `Work.cancelled`; events come back through `Work.emit`.
 """
 
