@@ -8,18 +8,15 @@ import sys
 from pathlib import Path
 
 from ..server import main as server_main
-from . import bench, prompts
+from .tools import bench, prompts
+from .arguments import Parser, integer, integers, per_level, real
 from .manifest import ManifestError
+from .generation import check_chain
 from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
 from .speculative import DraftControls
 
-def _per_level(text: str, kind: type) -> dict[str, object]:
-    """"8" applies to every level; "target-mxfp4=8,draft=4" sets levels by name."""
-    if "=" not in text:
-        return {"*": kind(text)}
-    pairs = [part.split("=", 1) for part in text.split(",")]
-    return {name.strip(): kind(value) for name, value in pairs}
+PROBABILITY = real(lambda value: 0 <= value < 1, "in [0, 1)")
 
 
 def _check_level_names(args: argparse.Namespace, allowed: list[str]) -> None:
@@ -40,36 +37,27 @@ def _controls(chain: list[str], args: argparse.Namespace, folder: ExportFolder) 
     return controls
 
 
-def _sampling(args: argparse.Namespace) -> Sampling:
-    """Checked here too, so that a bad value fails before any model is compiled."""
-    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    try:
-        sampling.validate()
-    except ValueError as error:
-        raise GenerationError(str(error)) from None
-    return sampling
-
-
 def parser() -> argparse.ArgumentParser:
-    folder_arg = argparse.ArgumentParser(add_help=False)
+    folder_arg = Parser(add_help=False)
     folder_arg.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
     folder_arg.add_argument("--mxfp4-kernel", choices=("specqd", "openvino"), default="specqd",
                             help="MXFP4 matmuls on specqd's kernel (default, where this CPU runs it) or OpenVINO's own")
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--max-new-tokens", type=int, default=128)
-    shared.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
-    shared.add_argument("--top-p", type=float, default=1.0)
-    shared.add_argument("--top-k", type=int, default=0)
-    shared.add_argument("--seed", type=int)
-    shared.add_argument("--k", type=lambda t: _per_level(t, int),
+    shared = Parser(add_help=False)
+    shared.add_argument("--max-new-tokens", type=integer(1), default=128)
+    shared.add_argument("--temperature", type=real(lambda value: 0 <= value < float("inf"), "a finite number >= 0"), default=0.0,
+                        help="0 (default) is greedy")
+    shared.add_argument("--top-p", type=real(lambda value: 0 < value <= 1, "in (0, 1]"), default=1.0)
+    shared.add_argument("--top-k", type=integer(0), default=0, help="0 (default): no top-k cut")
+    shared.add_argument("--seed", type=integer(0))
+    shared.add_argument("--k", type=per_level(integer(1)),
                         help="draft tokens per request: N for every level or LEVEL=N,... "
                              "(default: what `specqd tune` chose, else 8)")
-    shared.add_argument("--confidence", type=lambda t: _per_level(t, float),
+    shared.add_argument("--confidence", type=per_level(PROBABILITY),
                         help="stop drafting after a token whose top probability is below this: X or LEVEL=X,... "
                              "(default: what `specqd tune` chose, else 0: never)")
     shared.add_argument("--adaptive", action="store_true", help="adapt each level's k to its acceptance")
 
-    top = argparse.ArgumentParser(prog="specqd", description="Speculative generation with OpenVINO levels.")
+    top = Parser(prog="specqd", description="Speculative generation with OpenVINO levels.")
     commands = top.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", parents=[folder_arg, shared], help="generate text from a prompt")
     generate.add_argument("--prompt", required=True)
@@ -83,10 +71,10 @@ def parser() -> argparse.ArgumentParser:
 
     measure = commands.add_parser("bench", parents=[folder_arg, shared], help="compare configurations on the same prompts")
     measure.add_argument("--prompts", default="humaneval:0-81", help="humaneval:START-END or sharegpt:START-END")
-    measure.add_argument("--limit", type=int, help="use only the first N of those prompts")
+    measure.add_argument("--limit", type=integer(1), help="use only the first N of those prompts")
     measure.add_argument("--configs", help="';'-separated chains; 'genai:' runs one in openvino-genai "
                                            "(default: the full list the export allows)")
-    measure.add_argument("--f32-prompts", type=int, default=2,
+    measure.add_argument("--f32-prompts", type=integer(0), default=2,
                          help="prompts of the f32 token-exactness check of our chains (0: skip)")
     measure.add_argument("--json", type=Path, metavar="PATH",
                          help="also write PATH, PATH.md and PATH.png; results are journaled per prompt beside PATH "
@@ -95,11 +83,11 @@ def parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", parents=[folder_arg], help="choose the fastest chain and draft lengths "
                                                                   "and store them as this export's defaults")
     tune.add_argument("--prompts", default="humaneval:0-2", help="sample prompts (default humaneval:0-2)")
-    tune.add_argument("--max-new-tokens", type=int, default=64)
+    tune.add_argument("--max-new-tokens", type=integer(1), default=64)
 
     profile_ = commands.add_parser("profile", parents=[folder_arg], help="step time of each level by tokens per step")
     profile_.add_argument("--levels", help="comma-separated level names (default: all)")
-    profile_.add_argument("--tokens", default="1,2,4,8,16,32,64", help="tokens per step to measure (default "
+    profile_.add_argument("--tokens", type=integers(1), default=[1, 2, 4, 8, 16, 32, 64], help="tokens per step to measure (default "
                           "1,2,4,8,16,32,64: a server's batched passes carry many requests' tokens); "
                           "the prompt read is timed too")
     profile_.add_argument("--json", action="store_true")
@@ -126,9 +114,13 @@ def _folder(args: argparse.Namespace, precision: str = "bf16") -> ExportFolder:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    sampling = _sampling(args)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     folder = _folder(args, args.precision)
     chain = args.chain.split(",") if args.chain else default_chain(folder.manifest)
+    try:
+        check_chain(folder.manifest, chain)
+    except (GenerationError, ManifestError) as error:
+        raise GenerationError(f"--chain: {error}") from None
     _check_level_names(args, chain[1:])
     pipe = folder.pipeline(chain, _controls(chain, args, folder))
     stream = pipe.stream(args.prompt, max_new_tokens=args.max_new_tokens, sampling=sampling,
@@ -151,7 +143,7 @@ def _bench(args: argparse.Namespace) -> int:
         missing = set(args.configs.split(";")) - set(selected)
         raise GenerationError(f"--configs: {', '.join(sorted(missing))} use levels this export lacks")
     texts = prompts.load(args.prompts)[:args.limit]
-    sampling = _sampling(args)
+    sampling = Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     _check_level_names(args, [level.name for level in folder.manifest.levels if level.name != "target"] + ["lookup"])
     result = bench.run(folder, selected, texts, args.max_new_tokens, sampling,
                        lambda chain: _controls(chain, args, folder),
@@ -162,7 +154,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tune import tune
+    from .tools.tune import tune
 
     choice = tune(_folder(args), prompts.load(args.prompts), args.max_new_tokens)
     print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}, confidence {choice['confidence']}\n"
@@ -173,11 +165,15 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from .profile import prefill_ms, step_times
+    from .tools.profile import prefill_ms, step_times
 
     folder = _folder(args)
-    names = args.levels.split(",") if args.levels else [level.name for level in folder.manifest.levels]
-    tokens = [int(n) for n in args.tokens.split(",")]
+    known = [level.name for level in folder.manifest.levels]
+    names = args.levels.split(",") if args.levels else known
+    if set(names) - set(known):
+        raise GenerationError(f"--levels: {', '.join(sorted(set(names) - set(known)))} is not a level of this export "
+                              f"({', '.join(known)})")
+    tokens = args.tokens
     prompt = folder.encode(prompts.load("humaneval:0-0")[0] * 2)
     levels = [{"name": name, "step_ms": {str(n): round(ms, 1) for n, ms in
                                          step_times(folder, name, prompt, tokens).items()},

@@ -35,10 +35,12 @@ class Generation:
     job: Job
     generated: list[int] = field(default_factory=list)
     text: str = ""                    # the text it may show: stop strings cut, possible stop prefixes held back
-    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", or "cancelled" (Pipeline.cancel)
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     _shown: int = 0                   # characters of `text` already handed out by `take_text`
+    _text: "IncrementalText" = field(default_factory=lambda: IncrementalText())
+    _searched: int = 0                # characters of the decoded text already searched for stop strings
 
     @property
     def finished(self) -> bool:
@@ -59,14 +61,17 @@ class Generation:
             elif len(self.generated) >= self.max_new_tokens:
                 self.finish_reason = "length"
             if self.stop or self.finished or index == len(new) - 1:
-                self.text = self._visible_text(decode(self.generated))
+                self.text = self._visible_text(self._text.update(self.generated, decode, final=self.finished))
             if self.finished:
                 return
 
     def _visible_text(self, text: str) -> str:
         """Cut the text at its first stop string; else hold back what may still become one, or an unfinished
         UTF-8 sequence, so that no shown character is ever taken back."""
-        hits = [index for index in (text.find(stop) for stop in self.stop) if index >= 0]
+        longest = max(map(len, self.stop), default=0)
+        start = max(0, self._searched - longest + 1)  # a stop string may straddle what was searched before
+        hits = [index for index in (text.find(stop, start) for stop in self.stop) if index >= 0]
+        self._searched = len(text)
         if hits:
             self.finish_reason = "stop"
             return text[:min(hits)]
@@ -74,8 +79,7 @@ class Generation:
             return text
         held = max((size for stop in self.stop for size in range(1, len(stop))
                     if text.endswith(stop[:size])), default=0)
-        text = text[:len(text) - held]
-        return text.rstrip("\ufffd")
+        return text[:len(text) - held]
 
     def stats(self, chain: "Chain") -> dict:
         elapsed = time.perf_counter() - self.started
@@ -90,6 +94,42 @@ class Generation:
             "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "levels": [level.summary() | chain.model_stats(name, self.job) for name, level in zip(chain.names, levels)],
         }
+
+
+class IncrementalText:
+    """The text of a growing token list, decoding only a short window of its latest tokens per step.
+
+    Decoding all generated tokens at every step costs time that grows with the output. Here each step decodes
+    the tokens since an anchor, and the text before the anchor is final. The window starts a few tokens before
+    the anchor (its context), because a tokenizer may decode a token differently at the start of a text (e.g.
+    its leading space); the context's own text is cut off again, as vLLM's incremental detokenizer does. Text
+    that ends inside a UTF-8 sequence (U+FFFD) stays pending until the next tokens complete it. Once the
+    window is WINDOW tokens long and ends on a whole character, the anchor moves to its end.
+    """
+
+    WINDOW = 32    # tokens decoded per step at most (plus the context), before the anchor moves
+    CONTEXT = 4    # tokens before the anchor decoded with the window
+
+    def __init__(self):
+        self.done = ""       # final text, up to the anchor
+        self.start = 0       # where the window (context included) starts
+        self.context = ""    # the text of the context tokens, as the window begins
+
+    def update(self, tokens: list[int], decode: Callable[[list[int]], str], final: bool = False) -> str:
+        """The text of `tokens` (which extend the previous call's); an unfinished character is left out
+        unless `final`."""
+        window = decode(tokens[self.start:])
+        if not window.startswith(self.context):  # the context decodes differently in a longer text: start over
+            self.done, self.start, self.context = "", 0, ""
+            window = decode(tokens)
+        new = window[len(self.context):]
+        if new.endswith("\ufffd") and not final:
+            return self.done + new.rstrip("\ufffd")
+        text = self.done + new
+        if len(tokens) - self.start > self.WINDOW + self.CONTEXT:
+            self.done, self.start = text, len(tokens) - self.CONTEXT
+            self.context = decode(tokens[self.start:])
+        return text
 
 
 class Chain:
@@ -145,15 +185,17 @@ class Chain:
         return len(generation.prompt_ids) - len(generation.job.sequences[self.target.name].cached)
 
     def read_prompt(self, generation: Generation, tokens: int) -> None:
-        """Read up to `tokens` more prompt tokens into the target's cache, emitting nothing.
+        """Read up to `tokens` more prompt tokens into the caches of the target and of every draft model that
+        reads the prompt itself (not the target's copies, which take its cache), emitting nothing.
 
         A server reads a long prompt this way, one chunk between two steps of the running requests, so that
         they do not stall for a whole prompt read. The last prompt token is left for `step`, which samples.
         """
-        sequence = generation.job.sequences[self.target.name]
-        upto = min(len(generation.prompt_ids) - 1, len(sequence.cached) + tokens)
-        if upto > len(sequence.cached):
-            self.target.model.run([(sequence, generation.prompt_ids[:upto], 1)])
+        upto = min(len(generation.prompt_ids) - 1, len(generation.job.sequences[self.target.name].cached) + tokens)
+        for level in self.model_levels:
+            sequence = generation.job.sequences[level.name]
+            if level not in self.prompt_sharers and upto > len(sequence.cached):
+                level.model.run([(sequence, generation.prompt_ids[:upto], 1)])
 
     def release(self, generation: Generation) -> None:
         """Free the generation's cache blocks in every level."""

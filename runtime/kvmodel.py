@@ -115,6 +115,11 @@ class KVModel:
         ends = np.cumsum([last for _, _, last in batch])
         return np.split(logits, ends[:-1])
 
+    def close(self) -> None:
+        """Drop the compiled model, its request and the KV cache tensors, so that their memory is freed."""
+        self.request = self.compiled = self._weights = None
+        self._caches, self._free, self._pool_blocks = [], [], 0
+
     def free(self, sequence: Sequence) -> None:
         """Give a finished sequence's blocks back to the pool."""
         self._free.extend(sequence.blocks)

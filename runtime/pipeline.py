@@ -4,6 +4,10 @@
     for text in pipe.stream("def fibonacci(n):", max_new_tokens=64):
         print(text, end="", flush=True)
     print(pipe.last_result.stats)
+    pipe.close()   # frees the compiled models (or use `with Pipeline.load(...) as pipe:`)
+
+A generation ends early when the consumer stops iterating `stream`, or when another thread calls
+`pipe.cancel()`; either way its KV blocks are freed and the pipeline is ready for the next prompt.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from .speculative import DraftControls, LevelStats
 class Result:
     text: str
     tokens: list[int]
-    finish_reason: str = "length"   # "stop" (EOS or a stop string) or "length"
+    finish_reason: str = "length"   # "stop" (EOS or a stop string), "length", or "cancelled"
     stats: dict = field(default_factory=dict)
     levels: list[LevelStats] = field(default_factory=list)  # per level of the chain, from the target down
 
@@ -66,8 +70,25 @@ class ExportFolder:
         self.eos_ids = eos_ids(target_dir)
         self.chat_template = ChatTemplate.find(target_dir)
         self._models: dict[str, KVModel] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Free every compiled model and KV cache; the folder and its pipelines cannot generate after this."""
+        for model in self._models.values():
+            model.close()
+        self._models.clear()
+        self.tokenizer = self.detokenizer = None
+        self.closed = True
+
+    def __enter__(self) -> "ExportFolder":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
     def model(self, name: str) -> KVModel:
+        if self.closed:
+            raise GenerationError(f"{self.path} was closed; open it again to generate")
         if name not in self._models:
             level_dir = self.path / self.manifest.level(name).path
             self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads,
@@ -133,6 +154,29 @@ class Pipeline:
         defaults = folder.default_controls(chain)
         self.controls = {name: controls.get(name) or defaults[name] for name in chain[1:]}
         self.last_result: Result | None = None
+        self._cancelled = threading.Event()
+        self._current: Generation | None = None
+
+    def progress(self) -> dict:
+        """Stats of the generation in progress (or of the last one): tokens/s and each level's acceptance so
+        far, for a caller that shows them live between the pieces `stream` yields."""
+        if self._current is None:
+            raise GenerationError("nothing has been generated yet")
+        return self._current.stats(self.runner)
+
+    def cancel(self) -> None:
+        """End the generation in progress after its current step (safe to call from any thread)."""
+        self._cancelled.set()
+
+    def close(self) -> None:
+        """Free the export folder's compiled models (shared with any other pipeline of the same folder)."""
+        self.folder.close()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
 
     @classmethod
     def load(cls, folder: str | Path, chain: str | list[str] | None = None,
@@ -152,15 +196,22 @@ class Pipeline:
 
         `chat` wraps the prompt as one user message in the model's chat template.
         """
+        if self.folder.closed:
+            raise GenerationError(f"{self.folder.path} was closed; load the pipeline again to generate")
         text = self.folder.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
         generation = self.start(self.folder.encode(text) if prompt else [], max_new_tokens, sampling, stop)
+        self._cancelled.clear()
+        self._current = generation
         try:
             while not generation.finished:
+                if self._cancelled.is_set():
+                    generation.finish_reason = "cancelled"
+                    break
                 self.runner.step([generation])
                 piece = generation.take_text()
                 if piece:
                     yield piece
-        finally:
+        finally:  # also when the consumer stops iterating: the blocks go back, the pipeline stays usable
             self.runner.release(generation)
         self.last_result = Result(text=generation.text, tokens=generation.generated,
                                   finish_reason=generation.finish_reason, stats=generation.stats(self.runner),

@@ -6,13 +6,19 @@ pass already carries every request's tokens, so its cost t(n) rises with n = req
 of drafting costs k passes of the draft over all the requests. With acceptance rate a, a request keeps
 1 + a + ... + a^k tokens per round; the engine picks the k (0 = no drafting) with the most tokens per
 second, from step times t(n) measured on this machine and the acceptance measured so far.
+
+What a drafted token costs is learned from the rounds themselves, per batch size, because a pass of the
+drafter's model per token is only an estimate: a drafter that is itself a speculative chain (an INT4 copy
+drafted for by a 0.5B model) may make several tokens per pass, confidence stops end drafts early, and each
+pass carries Python work. Before a batch size has been seen, that estimate stands in.
 """
 
 from __future__ import annotations
 
-from ..runtime.tune import step
+from ..runtime.tools.tune import step
 
 PRIOR_ACCEPTED, PRIOR_DRAFTED = 7, 10   # acceptance 0.7 until measurements outweigh it
+SMOOTHING = 0.2                         # weight of the newest round in the drafting cost's running average
 
 
 class DraftBudget:
@@ -20,6 +26,15 @@ class DraftBudget:
         """`draft_ms` is None for a drafter without a model (prompt lookup), whose proposals cost nothing."""
         self.target_ms = target_ms
         self.draft_ms = draft_ms
+        self.draft_ms_per_token: dict[int, float] = {}   # by requests in the batch: measured drafting cost
+
+    def observe(self, requests: int, drafting_ms: float, positions: int) -> None:
+        """A round drafted up to `positions` tokens per request for `requests` requests in `drafting_ms`."""
+        if positions <= 0:
+            return
+        cost = drafting_ms / positions
+        known = self.draft_ms_per_token.get(requests)
+        self.draft_ms_per_token[requests] = cost if known is None else known + SMOOTHING * (cost - known)
 
     def best_k(self, requests: int, most: int, accepted: int, drafted: int) -> int:
         """The draft length (0..most) with the most tokens per second for `requests` requests at the measured
@@ -29,7 +44,10 @@ class DraftBudget:
         return max(speeds)[1]
 
     def round_ms(self, requests: int, k: int) -> float:
-        drafting = k * _ms(self.draft_ms, requests) if self.draft_ms else 0.0
+        if not self.draft_ms:
+            drafting = 0.0
+        else:
+            drafting = k * self.draft_ms_per_token.get(requests, _ms(self.draft_ms, requests))
         return _ms(self.target_ms, requests * (k + 1)) + drafting
 
     @staticmethod

@@ -1,9 +1,10 @@
 """The engine: one thread owns the compiled models and advances every running request together.
 
-Each loop turn admits waiting requests while the batch and the KV cache have room, reads one chunk of a long
-prompt, then runs one speculative round for all running requests of a chain in ONE target pass (each draft
-level also proposes for all of them in batched passes), and hands each request the text it gained. Requests
-join and leave at every turn; a request's tokens never depend on what shares its batch (runtime/generation.py).
+Each loop turn admits waiting requests while the batch and the KV cache have room, then runs one speculative
+round for all running requests of a chain in ONE target pass (each draft level also proposes for all of them
+in batched passes), and hands each request the text it gained. New prompts join that pass within a per-turn
+budget of prompt tokens; a longer prompt is read a chunk per turn. Requests join and leave at every turn; a
+request's tokens never depend on what shares its batch (runtime/generation.py).
 The HTTP side talks to it through `submit` and `Work.cancelled`; events come back through `Work.emit`.
 """
 
@@ -14,10 +15,11 @@ import threading
 import time
 import traceback
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..runtime import profile
+from ..runtime.tools import profile
 from ..runtime.generation import LOOKUP, Chain, Generation
 from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder
@@ -45,7 +47,7 @@ class EngineConfig:
     max_batch: int = 8           # requests running at once
     max_queue: int = 64          # requests waiting beyond those
     kv_cache_tokens: int = 0     # per level; 0: max_batch x the model's context
-    prefill_chunk: int = 256     # prompt tokens read per turn beside the running requests
+    prefill_chunk: int = 256     # prompt tokens read per turn, across new requests, beside the running ones
     draft_budget: bool = True    # lower k as the batch fills (False: every request drafts its own k, for tests)
 
 
@@ -139,13 +141,7 @@ class Engine:
                     break
             self._drop_cancelled()
             self._admit()
-            try:
-                self._read_one_prompt_chunk()
-                self._step()
-            except Exception:  # a fault fails the requests it touched; the server goes on
-                log.error("engine step failed:\n%s", traceback.format_exc())
-                for work in list(self.running):
-                    self._finish(work, error="the engine failed while generating; see the server log")
+            self._step()
         for work in list(self.running) + list(self.waiting):
             self._finish(work, error="the server is shutting down")
 
@@ -161,50 +157,79 @@ class Engine:
             if used + work.reserved_blocks > self.block_limit:
                 break
             self.waiting.popleft()
-            used += work.reserved_blocks
-            work.generation = self.chain(work.chain).start(work.prompt_ids, work.max_tokens, work.sampling,
-                                                           work.stop, work.controls)
-            self.metrics.admitted(work)
-            self.running.append(work)
+            with self._failing([work], "loading the chain's models"):
+                work.generation = self.chain(work.chain).start(work.prompt_ids, work.max_tokens, work.sampling,
+                                                               work.stop, work.controls)
+                self.metrics.admitted(work)
+                self.running.append(work)
+                used += work.reserved_blocks
 
     def _drop_cancelled(self) -> None:
         for work in [work for work in self.running if work.cancelled]:
             self._release(work)
             self.metrics.aborted(work)
 
-    def _read_one_prompt_chunk(self) -> None:
-        """Read one chunk of the first long unread prompt: at most one chunk per turn, so running requests wait
-        at most one chunk's pass for a new request."""
-        for work in self.running:
+    def _stepping(self) -> list[Work]:
+        """The running requests that take part in this turn's step: every one already generating, and new ones
+        whose unread prompt fits in what is left of the turn's prompt budget (--prefill-chunk tokens). The
+        first prompt that does not fit reads a chunk of what is left instead, in a pass of its own. So however
+        many requests arrive together, the running ones wait for at most one budget of prompt reading per turn.
+        """
+        budget = self.config.prefill_chunk
+        stepping = []
+        for work in list(self.running):
             chain = self._chains[work.chain]
-            if chain.unread_prompt(work.generation) > self.config.prefill_chunk:
-                chain.read_prompt(work.generation, self.config.prefill_chunk)
-                return
+            unread = chain.unread_prompt(work.generation)
+            if unread <= budget:
+                stepping.append(work)
+                budget -= max(unread, 0)
+            elif budget > 0:
+                with self._failing([work], "reading the prompt"):
+                    chain.read_prompt(work.generation, budget)
+                budget = 0
+        return stepping
 
     def _step(self) -> None:
-        ready = [work for work in self.running
-                 if self._chains[work.chain].unread_prompt(work.generation) <= self.config.prefill_chunk]
+        ready = self._stepping()
         for names in {work.chain for work in ready}:
             batch = [work for work in ready if work.chain == names]
             chain = self._chains[names]
             had = [len(work.generation.generated) for work in batch]
-            chain.step([work.generation for work in batch], self._caps(names, batch))
-            self.metrics.levels_ran(chain)
-            for work, count in zip(batch, had):
-                self._deliver(work, len(work.generation.generated) - count)
+            with self._failing(batch, "generating"):  # one pass holds them all: a fault cannot be pinned on one
+                with self._timing_drafts(names, batch):
+                    chain.step([work.generation for work in batch], self._caps(names, batch))
+                self.metrics.levels_ran(chain)
+                for work, count in zip(batch, had):
+                    self._deliver(work, len(work.generation.generated) - count)
 
     def _caps(self, names: tuple[str, ...], batch: list[Work]) -> list[int | None] | None:
-        """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py)."""
+        """Each request's draft tokens this round: its own k, lowered as the batch fills (budget.py), judged by
+        its own acceptance so far on top of what the chain's finished requests accepted."""
         if len(names) == 1 or not self.config.draft_budget:
             return None
-        drafter = names[1]
         accepted, drafted = self._accepted[names]
+        caps = []
         for work in batch:
-            stats = work.generation.job.stats[drafter]
-            accepted, drafted = accepted + stats.accepted, drafted + stats.drafted
-        most = max(work.generation.job.k[drafter] for work in batch)
-        best = self._budgets[names].best_k(len(batch), most, accepted, drafted)
-        return [best] * len(batch)
+            stats = work.generation.job.stats[names[1]]
+            caps.append(self._budgets[names].best_k(len(batch), work.generation.job.k[names[1]],
+                                                    accepted + stats.accepted, drafted + stats.drafted))
+        return caps
+
+    @contextmanager
+    def _timing_drafts(self, names: tuple[str, ...], batch: list[Work]):
+        """Tell the draft budget what this round's drafting cost: the round's time beside the target's pass."""
+        budget = self._budgets.get(names)
+        if budget is None or len(names) == 1:
+            yield
+            return
+        jobs = [work.generation.job for work in batch]
+        target_seconds = jobs[0].stats[names[0]].seconds
+        drafted = [job.stats[names[1]].drafted for job in jobs]
+        started = time.perf_counter()
+        yield
+        drafting = time.perf_counter() - started - (jobs[0].stats[names[0]].seconds - target_seconds)
+        positions = max(job.stats[names[1]].drafted - before for job, before in zip(jobs, drafted))
+        budget.observe(len(batch), drafting * 1000, positions)
 
     def _deliver(self, work: Work, new_tokens: int) -> None:
         generation = work.generation
@@ -224,6 +249,18 @@ class Engine:
             self._release(work)
         self.metrics.finished(work, error)
         work.emit(Event(finished=True, error=error))
+
+    @contextmanager
+    def _failing(self, works: list[Work], doing: str):
+        """A fault fails the requests it touched, with a 500 that says what failed; the server goes on."""
+        try:
+            yield
+        except Exception as error:
+            log.error("engine failed %s:\n%s", doing, traceback.format_exc())
+            for work in works:
+                if work.generation is not None and work not in self.running:
+                    self._chains[work.chain].release(work.generation)
+                self._finish(work, error=f"the engine failed {doing}: {type(error).__name__}: {error}")
 
     def _release(self, work: Work) -> None:
         """Free the request's KV blocks and keep its acceptance for the draft budget of later batches."""

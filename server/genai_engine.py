@@ -1,7 +1,7 @@
 """`specqd serve --engine genai`: the same HTTP app over openvino-genai's ContinuousBatchingPipeline, the engine
 behind OpenVINO Model Server, so the two engines can be compared under one API, one client and one set of metrics.
 
-It mirrors runtime/genai_engine.py (the benchmark's baseline): the same IR level folders and compile settings,
+It mirrors runtime/tools/genai_engine.py (the benchmark's baseline): the same IR level folders and compile settings,
 prefix caching off (our engine reads every prompt afresh), prompts passed as token ids (so genai applies no
 chat template; the app has already applied ours), and generations cut at our EOS ids and stop strings token by
 token exactly as runtime/generation.py does, so a greedy answer matches `specqd generate`'s text.

@@ -10,6 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..runtime.arguments import integer
 from ..runtime.generation import GenerationError, check_chain
 from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder, default_chain
@@ -19,14 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chain", help="default chain, from the target down (default: what `specqd tune` chose, "
                                         "else target,target-mxfp4,draft); a request may name another")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--max-batch", type=int, default=8, help="requests generated together (default 8)")
-    parser.add_argument("--max-queue", type=int, default=64,
+    parser.add_argument("--port", type=port, default=8000)
+    parser.add_argument("--max-batch", type=integer(1), default=8, help="requests generated together (default 8)")
+    parser.add_argument("--max-queue", type=integer(1), default=64,
                         help="requests waiting beyond the batch; more get 429 (default 64)")
-    parser.add_argument("--kv-cache-tokens", type=int, default=0,
+    parser.add_argument("--kv-cache-tokens", type=integer(0), default=0,
                         help="KV cache size per level in tokens (default: max-batch x the model's context)")
-    parser.add_argument("--prefill-chunk", type=int, default=256,
-                        help="prompt tokens read per engine step beside running requests (default 256)")
+    parser.add_argument("--prefill-chunk", type=integer(1), default=256,
+                        help="prompt tokens read per engine turn, across all new requests, beside the running "
+                             "ones; longer prompts are read a chunk per turn (default 256)")
     parser.add_argument("--draft-budget", choices=("measured", "off"), default="measured",
                         help="measured (default): lower each request's draft length as the batch fills, from step "
                              "times measured at start-up; off: every request drafts its full k")
@@ -34,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", help="the model name clients send (default: the export's target)")
     parser.add_argument("--precision", choices=("bf16", "f32"), default="bf16",
                         help="inference precision: bf16 (fast) or f32 (token-exact)")
-    parser.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: all cores)")
+    parser.add_argument("--threads", type=integer(0), default=0, help="OpenVINO inference threads (default: all cores)")
     parser.add_argument("--engine", choices=("specqd", "genai"), default="specqd",
                         help="specqd's engine, or openvino-genai's ContinuousBatchingPipeline (OpenVINO Model "
                              "Server's) with the chain's lowest level as its one draft (needs the bench extra)")
@@ -42,19 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add vLLM's metrics.speculative_decoding and every level's stats to each response")
 
 
-def check_arguments(args: argparse.Namespace) -> None:
-    for option in ("max_batch", "max_queue", "prefill_chunk"):
-        if getattr(args, option) < 1:
-            raise GenerationError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be at least 1")
-    for option in ("kv_cache_tokens", "threads"):
-        if getattr(args, option) < 0:
-            raise GenerationError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 0")
-    if not 0 <= args.port < 65536:
-        raise GenerationError(f"--port {args.port}: must be in 0..65535")
+def port(text: str) -> int:
+    value = integer(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} must be in 0..65535")
+    return value
 
 
 def serve(args: argparse.Namespace) -> int:
-    check_arguments(args)
     try:
         import uvicorn
 

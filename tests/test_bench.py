@@ -5,7 +5,8 @@ import json
 import pytest
 
 from specqd.exporter.export import ExportOptions, export
-from specqd.runtime import cli, prompts
+from specqd.runtime import cli
+from specqd.runtime.tools import prompts
 
 
 def test_humaneval_prompts_are_numbered_as_in_the_dataset():
@@ -71,8 +72,8 @@ def test_bench_refuses_configurations_the_export_lacks(tiny_export, capsys):
 def test_the_cost_model_replays_drafting_rounds_along_the_measured_agreement():
     import numpy as np
 
-    from specqd.runtime.profile import Trace
-    from specqd.runtime.tune import CostModel
+    from specqd.runtime.tools.profile import Trace
+    from specqd.runtime.tools.tune import CostModel
 
     times = {"target": {1: 100.0, 25: 100.0}, "draft": {1: 10.0, 25: 10.0}}
     agrees = Trace([np.ones(10, bool)], [np.ones(10)])
@@ -130,7 +131,7 @@ def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
 
 
 def test_an_interrupted_bench_resumes_from_its_journal(tiny_export, tmp_path, monkeypatch):
-    from specqd.runtime import bench
+    from specqd.runtime.tools import bench
 
     monkeypatch.setattr(bench, "BLOCK", 2)
     report = tmp_path / "bench.json"

@@ -23,3 +23,12 @@ def test_a_draft_that_is_rarely_accepted_is_not_used():
 
 def test_a_free_drafter_is_costed_by_the_target_pass_alone():
     assert DraftBudget(TARGET, None).round_ms(4, 3) == TARGET[16]
+
+
+def test_drafting_measured_cheaper_than_a_pass_per_token_buys_longer_drafts():
+    """A drafter that speculates itself makes several tokens per pass of its own model."""
+    budget = DraftBudget(TARGET, DRAFT)
+    before = budget.best_k(4, 8, accepted=800, drafted=1000)
+    for _ in range(20):
+        budget.observe(4, drafting_ms=3 * DRAFT[4] / 4, positions=3)  # a quarter of a pass per token
+    assert budget.best_k(4, 8, accepted=800, drafted=1000) > before

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections import Counter
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from scipy.stats import chi2_contingency
 
 from specqd.runtime import cli, kvmodel
+from specqd.runtime.generation import IncrementalText
 from specqd.runtime.pipeline import ExportFolder, GenerationError, Pipeline, eos_ids
 from specqd.runtime.sampling import Sampling
 from specqd.runtime.speculative import DraftControls
@@ -87,6 +89,58 @@ def test_streaming_yields_the_text_piece_by_piece(tiny_export):
     pieces = list(pipe.stream(PROMPTS[0], max_new_tokens=30))
     assert len(pieces) > 1 and "".join(pieces) == pipe.last_result.text
     assert pipe.last_result.text == pipe.folder.decode(pipe.last_result.tokens)
+
+
+def test_incremental_text_is_always_a_prefix_of_the_whole_decode_and_ends_equal_to_it(tiny_export):
+    """Random ids split multi-byte characters and spaces every way a model's output could."""
+    folder = ExportFolder(tiny_export)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        tokens = [int(t) for t in rng.integers(0, folder.vocabulary_size - 20, 200)]
+        text, shown, windows = IncrementalText(), "", []
+        counting = lambda ids: windows.append(len(ids)) or folder.decode(ids)  # noqa: E731
+        for end in range(1, len(tokens) + 1):
+            now = text.update(tokens[:end], counting)
+            assert now.startswith(shown) and folder.decode(tokens[:end]).startswith(now)
+            shown = now
+        assert text.update(tokens, folder.decode, final=True) == folder.decode(tokens)
+        assert max(windows) < len(tokens) / 3  # a window of the latest tokens, never the whole text
+
+
+def blocks_in_use(pipe: Pipeline) -> dict[str, int]:
+    return {name: model.blocks_used for name, model in pipe.folder.loaded_models().items()}
+
+
+def test_a_consumer_that_stops_iterating_leaves_the_pipeline_ready_for_the_next_prompt(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,target-int8,draft", precision="f32")
+    for count, _ in enumerate(pipe.stream(PROMPTS[0], max_new_tokens=40)):
+        if count == 2:
+            break
+    assert set(blocks_in_use(pipe).values()) == {0}
+    assert pipe.generate(PROMPTS[1], max_new_tokens=12).tokens == tokens(tiny_export, "target", PROMPTS[1], n=12)
+
+
+def test_cancel_from_another_thread_ends_the_generation_and_frees_its_blocks(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,draft", precision="f32")
+    pieces = []
+    for piece in pipe.stream(PROMPTS[0], max_new_tokens=200):
+        pieces.append(piece)
+        if len(pieces) == 1:
+            canceller = threading.Thread(target=pipe.cancel)
+            canceller.start()
+            canceller.join()
+    result = pipe.last_result
+    assert result.finish_reason == "cancelled" and len(result.tokens) < 200 and "".join(pieces) == result.text
+    assert set(blocks_in_use(pipe).values()) == {0}
+    assert pipe.generate(PROMPTS[1], max_new_tokens=12).finish_reason == "length"
+
+
+def test_a_closed_pipeline_refuses_to_generate_with_a_clear_error(tiny_export):
+    with Pipeline.load(tiny_export, chain="target,draft") as pipe:
+        pipe.generate(PROMPTS[0], max_new_tokens=4)
+    assert pipe.folder.loaded_models() == {}
+    with pytest.raises(GenerationError, match="was closed"):
+        pipe.generate(PROMPTS[0], max_new_tokens=4)
 
 
 def test_a_stop_string_ends_the_text_before_it(tiny_export):
@@ -216,8 +270,45 @@ def test_the_cli_streams_or_prints_json_and_fails_clearly(tiny_export, tmp_path,
     assert {"text", "tokens", "stats"} <= set(printed)
     assert cli.main(["generate", str(tmp_path), "--prompt", "x"]) == 1
     assert "not a specqd export" in capsys.readouterr().err
-    assert cli.main(["generate", str(tiny_export), "--prompt", "x", "--temperature", "-1"]) == 1
-    assert "temperature" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options, option", [
+    (["--k", "0"], "--k"), (["--k", "draft=0"], "--k"), (["--k", "draft"], "--k"), (["--k", "x=1,"], "--k"),
+    (["--confidence", "1.5"], "--confidence"), (["--confidence", "draft=-0.1"], "--confidence"),
+    (["--top-p", "0"], "--top-p"), (["--top-p", "1.2"], "--top-p"), (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"), (["--top-k", "-1"], "--top-k"), (["--seed", "-3"], "--seed"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"), (["--max-new-tokens", "ten"], "--max-new-tokens"),
+    (["--precision", "fp8"], "--precision"),
+])
+def test_every_bad_generate_option_is_one_line_that_names_it(tiny_export, capsys, options, option):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["generate", str(tiny_export), "--prompt", "x", *options])
+    assert exit.value.code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: argument {option}")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["profile", "{export}", "--tokens", "1,0"], "--tokens"), (["profile", "{export}", "--tokens", "1,a"], "--tokens"),
+    (["serve", "{export}", "--threads", "-1"], "--threads"), (["serve", "{export}", "--max-batch", "0"], "--max-batch"),
+    (["serve", "{export}", "--port", "70000"], "--port"), (["bench", "{export}", "--limit", "0"], "--limit"),
+])
+def test_bad_options_of_the_other_commands_are_one_line_too(tiny_export, capsys, argv, option):
+    with pytest.raises(SystemExit):
+        cli.main([part.format(export=tiny_export) for part in argv])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: argument {option}")
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["profile", "{export}", "--levels", "target,nope"], "--levels"),
+    (["generate", "{export}", "--prompt", "x", "--chain", "target,nope"], "--chain"),
+    (["generate", "{export}", "--prompt", "x", "--chain", "target,draft", "--k", "target-int8=3"], "--k"),
+])
+def test_options_that_name_levels_the_export_lacks_fail_with_one_line(tiny_export, capsys, argv, option):
+    assert cli.main([part.format(export=tiny_export) for part in argv]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"specqd: error: {option}")
 
 
 def test_the_runtime_imports_without_torch_transformers_or_nncf():

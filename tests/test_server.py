@@ -5,6 +5,7 @@ request run alone by the runtime (`Pipeline`, what `specqd generate` runs).
 """
 
 import json
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from server_process import running_server
+from specqd.server.process import running_server
 from specqd.runtime.pipeline import Pipeline
 from specqd.runtime.sampling import Sampling
 
@@ -270,3 +271,48 @@ def test_the_api_key_and_the_bounded_queue(tiny_export, tmp_path):
         assert refused and all(isinstance(error, openai.RateLimitError) for error in refused)
         assert len(refused) < 6
         assert json.loads(httpx.get(f"{server.url}/health").text) == {"status": "ok"}
+
+
+def test_a_level_that_fails_to_load_fails_only_its_request(tiny_export, tmp_path):
+    """A real fault inside the engine: the draft's weights are cut short on disk, so loading it fails when a
+    request first asks for it. That request gets a 500 naming the failure; the server serves the next one."""
+    broken = tmp_path / "export"
+    shutil.copytree(tiny_export, broken)
+    weights = broken / "draft" / "openvino_model.bin"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with running_server(broken, "--precision", "f32", "--chain", "target", log=tmp_path / "server.log") as server:
+        client = server.client()
+        with pytest.raises(openai.InternalServerError, match="the engine failed loading the chain's models"):
+            client.completions.create(model="export", prompt=PROMPTS[0], max_tokens=4,
+                                      extra_body={"speculative": {"chain": "target,draft"}})
+        answer = client.completions.create(model="export", prompt=PROMPTS[0], max_tokens=4, **GREEDY)
+        assert answer.usage.completion_tokens == 4
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+        assert server.metric("specqd:request_success_total", finished_reason="error") == 1
+
+
+def test_with_the_draft_budget_on_concurrent_requests_still_get_their_solo_tokens(tiny_export, alone, tmp_path):
+    """The budget only changes how many tokens each request drafts per round, never which tokens it keeps."""
+    chain = "target,target-int8,lookup"
+    with running_server(tiny_export, "--precision", "f32", "--chain", chain, log=tmp_path / "server.log") as server:
+        client = server.client()
+        jobs = [(PROMPTS[i], 8 + 5 * i) for i in range(6)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: client.completions.create(
+                model="export", prompt=job[0], max_tokens=job[1], **GREEDY).choices[0].text, jobs))
+        assert answers == [alone(prompt, tokens, chain=chain)[0] for prompt, tokens in jobs]
+        assert server.metric("specqd:spec_decode_num_draft_tokens_total") > 0
+
+
+def test_long_prompts_read_in_chunks_beside_running_requests_change_no_token(tiny_export, alone, tmp_path):
+    """With a 4-token prefill chunk every prompt here is read over several engine turns, by the target and by
+    the draft that reads prompts itself, while the other requests keep generating."""
+    with running_server(tiny_export, "--precision", "f32", "--chain", CHAIN, "--prefill-chunk", "4",
+                        "--draft-budget", "off", log=tmp_path / "server.log") as server:
+        client = server.client()
+        jobs = [(PROMPTS[i] * 3, 10 + 3 * i) for i in range(5)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: client.completions.create(
+                model="export", prompt=job[0], max_tokens=job[1], **GREEDY).choices[0].text, jobs))
+        assert answers == [alone(prompt, tokens)[0] for prompt, tokens in jobs]
+        assert server.metric("specqd:kv_cache_blocks_used") == 0

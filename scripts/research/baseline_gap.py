@@ -1,6 +1,6 @@
 """Our BF16 target alone against openvino-genai's plain pipeline on the same IR: prompt read and per-token cost.
 
-    .venv/bin/python scripts/baseline_gap.py [EXPORT_DIR] [--prompt humaneval:0-0] [--repeats 3]
+    .venv/bin/python scripts/research/baseline_gap.py [EXPORT_DIR] [--prompt humaneval:0-0] [--repeats 3]
 
 Each engine generates SHORT and then LONG new tokens of the same prompt, the engines taking turns; the
 difference between the two runs is the cost of the extra tokens with the prompt read taken out, so a gap in
@@ -15,8 +15,8 @@ import statistics
 import time
 from pathlib import Path
 
-from specqd.runtime import prompts
-from specqd.runtime.genai_engine import GenAIConfig, GenAIEngine
+from specqd.runtime.tools import prompts
+from specqd.runtime.tools.genai_engine import GenAIConfig, GenAIEngine
 from specqd.runtime.pipeline import ExportFolder
 
 SHORT, LONG = 16, 128

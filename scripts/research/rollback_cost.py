@@ -1,6 +1,6 @@
 """What a KV-cache rollback costs on a level, by context length, for three ways of keeping the cache.
 
-    .venv/bin/python scripts/rollback_cost.py EXPORT_DIR [--level target] [--contexts 128,1024]
+    .venv/bin/python scripts/research/rollback_cost.py EXPORT_DIR [--level target] [--contexts 128,1024]
 
 Each round rejects 3 of 5 verified tokens, then runs the next 5-token verify. On the exported stateful IR:
 "mask" keeps rejected entries in the cache and zeroes their attention_mask columns; "state" reads every KV

@@ -1,6 +1,6 @@
 """Where one level's forward pass spends its time, by OpenVINO node type (PERF_COUNT), after a real prompt.
 
-    python scripts/node_profile.py EXPORT_DIR [--level target] [--tokens 1,6] [--property KEY=VALUE ...]
+    python scripts/research/node_profile.py EXPORT_DIR [--level target] [--tokens 1,6] [--property KEY=VALUE ...]
 
 --property adds a CPU compile property (e.g. ENABLE_CPU_PINNING=True, KV_CACHE_PRECISION=u8) to see whether
 it changes the step. Shares are of the summed node times; wall ms is the median step time.

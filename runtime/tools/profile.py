@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pipeline import LOOKUP, ExportFolder
-from .sampling import top_probability
-from .speculative import lookup
+from ..pipeline import LOOKUP, ExportFolder
+from ..sampling import top_probability
+from ..speculative import lookup
 
 
 def step_times(folder: ExportFolder, name: str, prompt: list[int], tokens: list[int],

@@ -1,6 +1,6 @@
 """When does ML-SpecQD's third level pay? tune's cost model, with the middle level made faster step by step.
 
-    python scripts/third_level.py EXPORT_DIR [--middle target-mxfp4] [--prompts humaneval:0-2]
+    python scripts/research/third_level.py EXPORT_DIR [--middle target-mxfp4] [--prompts humaneval:0-2]
 
 Uses the step times `specqd tune` stored in the export's manifest and replays drafting rounds along the
 target's own text (as tune does). For each speed factor f, the middle level's step times are multiplied by f
@@ -10,9 +10,9 @@ without MIDDLE. The answer is the factor below which the extra level would pay o
 
 import argparse
 
-from specqd.runtime import profile, prompts
+from specqd.runtime.tools import profile, prompts
 from specqd.runtime.pipeline import ExportFolder
-from specqd.runtime.tune import CostModel, search
+from specqd.runtime.tools.tune import CostModel, search
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ The variants take turns prompt by prompt so that the machine's drift hits all of
 CHAIN or CHAIN@LEVEL=K[/CONFIDENCE],... and `noshare:` in front turns off the prompt-cache sharing of the
 target's quantized copies. Example:
 
-    python scripts/draft_sweep.py $E --prompts humaneval:0-5 \
+    python scripts/research/draft_sweep.py $E --prompts humaneval:0-5 \
         "target,draft-int4_sym,lookup@draft-int4_sym=5,lookup=2" \
         "target,draft-int4_sym,lookup@draft-int4_sym=10/0.3,lookup=2"
 """
@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from specqd.runtime import prompts
+from specqd.runtime.tools import prompts
 from specqd.runtime.pipeline import ExportFolder
 from specqd.runtime.speculative import DraftControls
 

@@ -13,7 +13,7 @@ so `accepted_tokens` is derived instead: every target step emits its accepted dr
 Prefix caching is turned off. genai's default latency configuration keeps it on, so a prompt it has read before
 (the warm-up's, or any earlier one sharing 32-token blocks) is not read again: measured on HumanEval/0, its
 time to first token was 0.22-0.24 s on a repeated call, 0.82 s with prefix caching off
-(scripts/genai_prefix_cache.py). Our runtime reads every prompt afresh, and
+(scripts/research/genai_prefix_cache.py). Our runtime reads every prompt afresh, and
 a benchmark must time both engines doing the same work.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import eos_ids
+from ..pipeline import eos_ids
 
 
 @dataclass

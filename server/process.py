@@ -1,4 +1,7 @@
-"""Start `specqd serve` as a real subprocess on 127.0.0.1 and a free port, and stop it by its PID."""
+"""Start `specqd serve` as a real subprocess on 127.0.0.1 and a free port, and stop it by its PID.
+
+Tests and the load benchmark (scripts/serve_bench.py) run the server as clients meet it: a separate process.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-import openai
+import urllib.error
+import urllib.request
 
 START_TIMEOUT = 180  # seconds: compiling the levels and measuring their step times
 
@@ -37,9 +40,10 @@ def running_server(export: Path, *options: str, log: Path):
             if process.poll() is not None:
                 raise RuntimeError(f"the server exited with {process.returncode}:\n{log.read_text()}")
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not answer /health in {START_TIMEOUT} s:\n{log.read_text()}")
@@ -59,13 +63,17 @@ class Server:
         self.url = url
         self.pid = pid
 
-    def client(self, api_key: str = "unused") -> openai.OpenAI:
+    def client(self, api_key: str = "unused"):
+        """The official openai client for this server (openai is a dev dependency, not the server's)."""
+        import openai
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=120)
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include `labels` (0 when absent)."""
         total = 0.0
-        for line in httpx.get(f"{self.url}/metrics", timeout=10).text.splitlines():
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        for line in text.splitlines():
             if line.startswith("#") or not line.startswith(name):
                 continue
             series, value = line.rsplit(" ", 1)

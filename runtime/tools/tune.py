@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from functools import cache
 
 from . import profile
-from .pipeline import LOOKUP, ExportFolder
-from .speculative import DraftControls
+from ..pipeline import LOOKUP, ExportFolder
+from ..speculative import DraftControls
 
 K_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 CONFIDENCE_CHOICES = (0.0, 0.3, 0.5, 0.7)  # 0: draft k tokens whatever the draft's confidence

@@ -1,9 +1,9 @@
 """Why the benchmark turns openvino-genai's prefix caching off: a repeated prompt is not read again.
 
-    .venv/bin/python scripts/genai_prefix_cache.py [EXPORT_DIR] [--draft draft-int4_sym] [--prompt humaneval:0-0]
+    .venv/bin/python scripts/research/genai_prefix_cache.py [EXPORT_DIR] [--draft draft-int4_sym] [--prompt humaneval:0-0]
 
 Prints genai's time to first token for the same prompt read twice, with its default latency configuration
-and with the scheduler configuration `runtime/genai_engine.py` uses (prefix caching off).
+and with the scheduler configuration `runtime/tools/genai_engine.py` uses (prefix caching off).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import openvino as ov
 import openvino_genai
 
-from specqd.runtime import prompts
+from specqd.runtime.tools import prompts
 from specqd.runtime.pipeline import ExportFolder
 
 DEVICE = {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": 1, "KV_CACHE_PRECISION": "f16"}

@@ -1,6 +1,6 @@
 """Per-step cost of one draft pair in our runtime and in openvino-genai, on the same prompts and IR folders.
 
-    .venv/bin/python scripts/genai_step_gap.py [EXPORT_DIR] [--draft draft-int4_sym] [--k 5] [--prompts humaneval:0-1]
+    .venv/bin/python scripts/research/genai_step_gap.py [EXPORT_DIR] [--draft draft-int4_sym] [--k 5] [--prompts humaneval:0-1]
 
 Both reach the same tokens per target pass, so a speed gap between them is a gap in step cost; this prints
 ms per target pass and per draft pass for ours, and genai's total target and draft inference time.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specqd.runtime import prompts
-from specqd.runtime.genai_engine import GenAIConfig, GenAIEngine
+from specqd.runtime.tools import prompts
+from specqd.runtime.tools.genai_engine import GenAIConfig, GenAIEngine
 from specqd.runtime.pipeline import ExportFolder
 from specqd.runtime.speculative import DraftControls
 

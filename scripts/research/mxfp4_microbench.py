@@ -2,7 +2,7 @@
 
 Each measurement cycles through enough copies of the weights (>= 64 MB of MXFP4) that they come from memory,
 not cache, as they do in a real forward pass. Usage (in the .venv of scripts/setup.sh, which builds the kernel):
-    python scripts/mxfp4_microbench.py [--json PATH]
+    python scripts/research/mxfp4_microbench.py [--json PATH]
 """
 import argparse
 import ctypes

@@ -21,9 +21,9 @@ import numpy as np
 import openvino as ov
 
 from .genai_engine import GenAIConfig
-from .pipeline import LOOKUP, ExportFolder, GenerationError, Pipeline
-from .sampling import Sampling
-from .speculative import DraftControls, LevelStats
+from ..pipeline import LOOKUP, ExportFolder, GenerationError, Pipeline
+from ..sampling import Sampling
+from ..speculative import DraftControls, LevelStats
 
 BASELINE = "target"
 GENAI = "genai:"
