@@ -11,7 +11,6 @@ from ..server import main as server_main
 from .tools import bench, prompts
 from .arguments import Parser, integer, integers, per_level, real
 from .manifest import ManifestError
-from .mxfp4_kernel import KernelBuildError, build
 from .generation import check_chain
 from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
@@ -42,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     folder_arg = Parser(add_help=False)
     folder_arg.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
     folder_arg.add_argument("--mxfp4-kernel", choices=("specqd", "openvino"), default="specqd",
-                            help="MXFP4 matmuls on specqd's kernel (default, when built) or OpenVINO's own")
+                            help="MXFP4 matmuls on specqd's kernel (default, where this CPU runs it) or OpenVINO's own")
     shared = Parser(add_help=False)
     shared.add_argument("--max-new-tokens", type=integer(1), default=128)
     shared.add_argument("--temperature", type=real(lambda value: 0 <= value < float("inf"), "a finite number >= 0"), default=0.0,
@@ -97,7 +96,6 @@ def parser() -> argparse.ArgumentParser:
                                                                    "speculative decoding across requests")
     server_main.add_arguments(serve)
 
-    commands.add_parser("build-kernel", help="compile specqd's MXFP4 kernel into the cache (needs cmake and g++)")
     return top
 
 
@@ -105,19 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile,
-                "serve": server_main.serve, "build-kernel": _build_kernel}[args.command](args)
-    except (GenerationError, ManifestError, prompts.PromptSpecError, KernelBuildError) as error:
+                "serve": server_main.serve}[args.command](args)
+    except (GenerationError, ManifestError, prompts.PromptSpecError) as error:
         print(f"specqd: error: {error}", file=sys.stderr)
         return 1
 
 
 def _folder(args: argparse.Namespace, precision: str = "bf16") -> ExportFolder:
     return ExportFolder(args.out_dir, precision=precision, mxfp4_kernel=args.mxfp4_kernel == "specqd")
-
-
-def _build_kernel(args: argparse.Namespace) -> int:
-    print(build())
-    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

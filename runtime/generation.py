@@ -185,15 +185,17 @@ class Chain:
         return len(generation.prompt_ids) - len(generation.job.sequences[self.target.name].cached)
 
     def read_prompt(self, generation: Generation, tokens: int) -> None:
-        """Read up to `tokens` more prompt tokens into the target's cache, emitting nothing.
+        """Read up to `tokens` more prompt tokens into the caches of the target and of every draft model that
+        reads the prompt itself (not the target's copies, which take its cache), emitting nothing.
 
         A server reads a long prompt this way, one chunk between two steps of the running requests, so that
         they do not stall for a whole prompt read. The last prompt token is left for `step`, which samples.
         """
-        sequence = generation.job.sequences[self.target.name]
-        upto = min(len(generation.prompt_ids) - 1, len(sequence.cached) + tokens)
-        if upto > len(sequence.cached):
-            self.target.model.run([(sequence, generation.prompt_ids[:upto], 1)])
+        upto = min(len(generation.prompt_ids) - 1, len(generation.job.sequences[self.target.name].cached) + tokens)
+        for level in self.model_levels:
+            sequence = generation.job.sequences[level.name]
+            if level not in self.prompt_sharers and upto > len(sequence.cached):
+                level.model.run([(sequence, generation.prompt_ids[:upto], 1)])
 
     def release(self, generation: Generation) -> None:
         """Free the generation's cache blocks in every level."""

@@ -1,82 +1,44 @@
-"""specqd's MXFP4 matmul (runtime/csrc) for MXFP4 levels: building it, loading it, and pointing an IR at it.
+"""specqd's MXFP4 matmul (runtime/csrc) for MXFP4 levels: finding its library, loading it, and pointing an IR at it.
 
 OpenVINO's CPU plugin decompresses MXFP4 weights once per activation row, so a verify step over 8 tokens costs
 about 3x a step over 1 and an MXFP4 middle level is as slow as the BF16 target when it verifies. The kernel
 decodes each block of 32 weights once for all rows (docs/mxfp4-kernel.md has the per-shape figures).
 
-The kernel is an OpenVINO extension library built by `specqd build-kernel` (scripts/setup.sh runs it) into
-the cache. An MXFP4 IR is rewritten as text before it is read: every MatMul fed by NNCF's MXFP4 decompression
-subgraph becomes an MXFP4MatMul fed by u8 views of the same bytes of the .bin, so nothing is copied or saved.
-Without the library, on a CPU without AVX512-BF16, or for weights whose scales the kernel cannot represent
-exactly, a level keeps OpenVINO's own path; the log line says which path each level runs.
+Where the library comes from, one rule: it is the file libspecqd_mxfp4.so of the installed specqd.runtime
+package, compiled when the package was built (scikit-build-core runs runtime/csrc/CMakeLists.txt for
+`pip wheel .`, `pip install .` and the editable `pip install -e .` of scripts/setup.sh). Nothing is compiled
+at run time, so an app that ships the wheel ships no compiler. In a checkout, re-run scripts/setup.sh after
+editing runtime/csrc.
+
+An MXFP4 IR is rewritten as text before it is read: every MatMul fed by NNCF's MXFP4 decompression subgraph
+becomes an MXFP4MatMul fed by u8 views of the same bytes of the .bin, so nothing is copied or saved. Without
+the library, on a CPU without AVX512-BF16, or for weights whose scales the kernel cannot represent exactly, a
+level keeps OpenVINO's own path; one log line per MXFP4 level says which path it runs and why.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import shutil
-import subprocess
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import openvino as ov
 
-from specqd.models.cache import atomic_path, cache_root, say
+from specqd.models.cache import say
 
 OPENVINO_KERNEL = "openvino-cpu"
 SPECQD_KERNEL = "specqd-mxfp4"
-SOURCES = Path(__file__).parent / "csrc"
 LIBRARY = "libspecqd_mxfp4.so"
 TILE = 4                     # outputs per tile in the kernel's packed layout (kTile)
 SCALES = (2, 252)            # e8m0 scales the kernel represents exactly (scales_supported)
 
 
 def library_path() -> Path:
-    """One build per OpenVINO version and kernel source, so an upgrade of either rebuilds."""
-    digest = hashlib.sha256()
-    for source in sorted(SOURCES.iterdir()):
-        digest.update(source.name.encode() + source.read_bytes())
-    return cache_root() / "kernels" / f"openvino-{ov.get_version().split('-')[0]}-{digest.hexdigest()[:12]}" / LIBRARY
-
-
-def cpu_supported() -> bool:
-    """Whether this CPU has the kernel's instructions, from the flags Linux reports (no library needed)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False
-    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= flags
-
-
-class KernelBuildError(RuntimeError):
-    pass
-
-
-def build() -> Path:
-    """Compile the extension with CMake against the installed openvino wheel (headers, CMake config, TBB)."""
-    target = library_path()
-    if target.exists():
-        say(f"MXFP4 kernel: already built at {target}")
-        return target
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise KernelBuildError(f"building the MXFP4 kernel needs {tool}: install it (Debian: apt install cmake g++)")
-    openvino_cmake = Path(ov.__file__).parent / "cmake"
-    with tempfile.TemporaryDirectory() as build_dir:
-        say(f"MXFP4 kernel: building {SOURCES} against {openvino_cmake}")
-        for step in (["cmake", "-S", str(SOURCES), "-B", build_dir, f"-DOpenVINO_DIR={openvino_cmake}"],
-                     ["cmake", "--build", build_dir, "-j2"]):
-            done = subprocess.run(step, capture_output=True, text=True)
-            if done.returncode:
-                raise KernelBuildError(f"building the MXFP4 kernel failed at `{' '.join(step)}`:\n{done.stdout}{done.stderr}")
-        with atomic_path(target) as scratch:
-            shutil.copy2(Path(build_dir) / LIBRARY, scratch)
-    say(f"MXFP4 kernel: built {target}")
-    return target
+    """The library packaged with specqd.runtime (a resource, so an editable install finds its built copy too)."""
+    return Path(str(files(__package__) / LIBRARY))
 
 
 @dataclass
@@ -89,10 +51,10 @@ class Kernel:
     def find(cls) -> Kernel:
         path = library_path()
         if not path.exists():
-            return cls(None, "not built (run `specqd build-kernel`)")
+            return cls(None, f"not in this install ({path} is missing: reinstall specqd)")
         library = ctypes.CDLL(str(path))
         if not library.specqd_mxfp4_cpu_supported():
-            return cls(None, "this CPU lacks AVX-512 BF16")
+            return cls(None, "not supported by this CPU (it lacks AVX512-BF16)")
         return cls(library)
 
     def matmul(self, x: np.ndarray, nibbles: np.ndarray, scales: np.ndarray, activations: str = "bf16") -> np.ndarray:
@@ -117,7 +79,7 @@ class Kernel:
             core.add_extension(self.library._name)
 
     def read_model(self, core: ov.Core, xml: Path, activations: str) -> LoadedIR:
-        """The IR with its MXFP4 MatMuls on this kernel when it can take them.
+        """The IR with its MXFP4 MatMuls (and the embedding lookup over them) on this kernel when it can take them.
 
         `core` must have had register() called; activations is the inference precision (bf16 or f32). For an
         IR with MXFP4 weights, says which path its MatMuls take.
@@ -149,40 +111,115 @@ class LoadedIR:
 
 
 def rewrite(xml: str, weights: np.ndarray, activations: str) -> tuple[str, int]:
-    """Replace each MatMul(x, MXFP4 decompression) by MXFP4MatMul(x, nibbles, scales); count replaced.
+    """Put an IR's MXFP4 weights on the kernel: return the new IR and how many MatMuls moved.
 
     The decompression NNCF writes is Const f4e2m1 [O, K/32, 32] and Const f8e8m0 [O, K/32, 1], both Converted,
-    Multiplied, Reshaped to [O, K] and Converted, into MatMul(transpose_b). The new op reads the two Consts'
-    bytes as u8 [O, K/2] and [O, K/32]; the old subgraph stays for any other user (the tied embedding's Gather).
+    Multiplied, Reshaped to [O, K] and Converted. Each MatMul(x, decompression, transpose_b) becomes
+    MXFP4MatMul(x, nibbles, scales), and the embedding's Gather(decompression, indices, axis 0) becomes
+    MXFP4Gather(indices, nibbles, scales): both read the two Consts' bytes as u8 [O, K/2] and [O, K/32]. The
+    decompression, left without users, is dropped; OpenVINO would otherwise fold the embedding's into f32.
     """
-    net = ET.fromstring(xml)
-    layers = {layer.get("id"): layer for layer in net.iter("layer")}
-    edges = net.find("edges")
-    source = {(edge.get("to-layer"), edge.get("to-port")): edge for edge in edges}
-    next_id = max(int(i) for i in layers) + 1
+    graph = _Graph(ET.fromstring(xml))
     count = 0
-    for matmul in [layer for layer in layers.values() if layer.get("type") == "MatMul"]:
-        found = _mxfp4_weights(matmul, layers, source, weights)
-        if found is None:
-            continue
-        outputs, blocks = (int(d) for d in found[1].find("data").get("shape").split(",")[:2])
-        matmul.set("type", "MXFP4MatMul")
-        matmul.set("version", "specqd")
-        matmul.find("data").attrib = {"activations": activations}
-        inputs = matmul.find("input")
-        weight_port = inputs.findall("port")[1]
-        inputs.remove(weight_port)
-        edges.remove(source[(matmul.get("id"), weight_port.get("id"))])
-        scale_port = str(1 + max(int(port.get("id")) for port in matmul.iter("port")))
-        for const, shape, port_id in ((found[0], [outputs, blocks * 16], weight_port.get("id")),
-                                      (found[1], [outputs, blocks], scale_port)):
-            net.find("layers").append(_u8_view(const, shape, str(next_id)))
+    for layer in list(graph.layers.values()):
+        if layer.get("type") == "MatMul" and (found := _mxfp4_weights(graph, layer, weights)):
+            graph.replace(layer, "MXFP4MatMul", {"activations": activations}, keep=0, tables=found)
+            count += 1
+        elif layer.get("type") == "Gather" and (found := _mxfp4_table(graph, layer, weights)):
+            graph.replace(layer, "MXFP4Gather", {}, keep=1, tables=found)
+    return ET.tostring(graph.net, encoding="unicode"), count
+
+
+class _Graph:
+    """An IR's layers and edges, with the lookups and the one edit the rewrite needs."""
+
+    def __init__(self, net: ET.Element):
+        self.net = net
+        self.layers = {layer.get("id"): layer for layer in net.iter("layer")}
+        self.edges = net.find("edges")
+        self.source = {(edge.get("to-layer"), edge.get("to-port")): edge for edge in self.edges}
+        self.next_id = max(int(i) for i in self.layers) + 1
+
+    def producer(self, layer: ET.Element, port_index: int = 0) -> ET.Element | None:
+        port = layer.find("input").findall("port")[port_index]
+        edge = self.source.get((layer.get("id"), port.get("id")))
+        return self.layers[edge.get("from-layer")] if edge is not None else None
+
+    def decompression(self, node: ET.Element | None) -> tuple[ET.Element, ET.Element] | None:
+        """The f4e2m1 and f8e8m0 Const layers of the MXFP4 decompression that ends at `node`, if it is one."""
+        while node is not None and node.get("type") in ("Convert", "Reshape"):
+            node = self.producer(node)
+        if node is None or node.get("type") != "Multiply":
+            return None
+        consts = {}
+        for index in (0, 1):
+            const = self.producer(node, index)
+            while const is not None and const.get("type") == "Convert":
+                const = self.producer(const)
+            if const is None or const.get("type") != "Const":
+                return None
+            consts[const.find("data").get("element_type")] = const
+        nibbles, scales = consts.get("f4e2m1"), consts.get("f8e8m0")
+        if nibbles is None or scales is None:
+            return None
+        shape = _shape(scales)
+        return (nibbles, scales) if len(shape) == 3 and shape[2] == 1 else None
+
+    def replace(self, layer: ET.Element, op: str, attributes: dict[str, str], keep: int,
+                tables: tuple[ET.Element, ET.Element]) -> None:
+        """Make `layer` the specqd op `op` over input `keep` and u8 views of the nibbles and scales Consts."""
+        layer.set("type", op)
+        layer.set("version", "specqd")
+        data = layer.find("data")
+        if data is None:
+            data = ET.SubElement(layer, "data")
+        data.attrib = attributes
+        inputs = layer.find("input")
+        for index, port in enumerate(inputs.findall("port")):
+            if index != keep:
+                inputs.remove(port)
+                self.edges.remove(self.source[(layer.get("id"), port.get("id"))])
+        outputs, blocks = _shape(tables[1])[:2]
+        for const, shape in ((tables[0], [outputs, blocks * 16]), (tables[1], [outputs, blocks])):
+            port_id = str(1 + max(int(port.get("id")) for port in layer.iter("port")))
+            self.net.find("layers").append(_u8_view(const, shape, str(self.next_id)))
             _add_port(inputs, port_id, shape)
-            ET.SubElement(edges, "edge", {"from-layer": str(next_id), "from-port": "0",
-                                          "to-layer": matmul.get("id"), "to-port": port_id})
-            next_id += 1
-        count += 1
-    return ET.tostring(net, encoding="unicode"), count
+            ET.SubElement(self.edges, "edge", {"from-layer": str(self.next_id), "from-port": "0",
+                                               "to-layer": layer.get("id"), "to-port": port_id})
+            self.next_id += 1
+
+
+def _mxfp4_weights(graph: _Graph, matmul: ET.Element, weights: np.ndarray) -> tuple[ET.Element, ET.Element] | None:
+    """The MXFP4 Consts behind a MatMul's weight input, if the kernel can take them."""
+    data = matmul.find("data")
+    if data is None or data.get("transpose_a") != "false" or data.get("transpose_b") != "true":
+        return None
+    found = graph.decompression(graph.producer(matmul, 1))
+    if found is None or _shape(found[1])[0] % TILE:
+        return None
+    scales = found[1].find("data")
+    offset, size = int(scales.get("offset")), int(scales.get("size"))
+    values = weights[offset:offset + size]
+    if values.min() < SCALES[0] or values.max() > SCALES[1]:
+        return None
+    return found
+
+
+def _mxfp4_table(graph: _Graph, gather: ET.Element, weights: np.ndarray) -> tuple[ET.Element, ET.Element] | None:
+    """The MXFP4 Consts of the table a Gather looks rows up in (axis 0), if it is one."""
+    data, axis = gather.find("data"), graph.producer(gather, 2)
+    if data is None or data.get("batch_dims") != "0" or axis is None or axis.get("type") != "Const":
+        return None
+    axis_data = axis.find("data")
+    dtype = {"i32": np.int32, "i64": np.int64}.get(axis_data.get("element_type"))
+    offset, size = int(axis_data.get("offset")), int(axis_data.get("size"))
+    if dtype is None or np.frombuffer(weights[offset:offset + size].tobytes(), dtype).tolist() != [0]:
+        return None
+    return graph.decompression(graph.producer(gather, 0))
+
+
+def _shape(const: ET.Element) -> list[int]:
+    return [int(d) for d in const.find("data").get("shape").split(",") if d.strip()]
 
 
 def _u8_view(const: ET.Element, shape: list[int], layer_id: str) -> ET.Element:
@@ -199,40 +236,3 @@ def _add_port(parent: ET.Element, port_id: str, shape: list[int]) -> None:
     port = ET.SubElement(parent, "port", id=port_id, precision="U8")
     for dim in shape:
         ET.SubElement(port, "dim").text = str(dim)
-
-
-def _mxfp4_weights(matmul, layers, source, weights) -> tuple[ET.Element, ET.Element] | None:
-    """The f4e2m1 and f8e8m0 Const layers behind a MatMul's weight input, if the kernel can take them."""
-    data = matmul.find("data")
-    if data is None or data.get("transpose_a") != "false" or data.get("transpose_b") != "true":
-        return None
-
-    def producer(layer, port_index=0):
-        port = layer.find("input").findall("port")[port_index]
-        edge = source.get((layer.get("id"), port.get("id")))
-        return layers[edge.get("from-layer")] if edge is not None else None
-
-    node = producer(matmul, 1)
-    while node is not None and node.get("type") in ("Convert", "Reshape"):
-        node = producer(node)
-    if node is None or node.get("type") != "Multiply":
-        return None
-    consts = {}
-    for index in (0, 1):
-        const = producer(node, index)
-        while const is not None and const.get("type") == "Convert":
-            const = producer(const)
-        if const is None or const.get("type") != "Const":
-            return None
-        consts[const.find("data").get("element_type")] = const
-    nibbles, scales = consts.get("f4e2m1"), consts.get("f8e8m0")
-    if nibbles is None or scales is None:
-        return None
-    shape = [int(d) for d in scales.find("data").get("shape").split(",")]
-    if len(shape) != 3 or shape[2] != 1 or shape[0] % TILE:
-        return None
-    offset, size = int(scales.find("data").get("offset")), int(scales.find("data").get("size"))
-    values = weights[offset:offset + size]
-    if values.min() < SCALES[0] or values.max() > SCALES[1]:
-        return None
-    return nibbles, scales

@@ -1,9 +1,10 @@
 """The engine: one thread owns the compiled models and advances every running request together.
 
-Each loop turn admits waiting requests while the batch and the KV cache have room, reads one chunk of a long
-prompt, then runs one speculative round for all running requests of a chain in ONE target pass (each draft
-level also proposes for all of them in batched passes), and hands each request the text it gained. Requests
-join and leave at every turn; a request's tokens never depend on what shares its batch (runtime/generation.py).
+Each loop turn admits waiting requests while the batch and the KV cache have room, then runs one speculative
+round for all running requests of a chain in ONE target pass (each draft level also proposes for all of them
+in batched passes), and hands each request the text it gained. New prompts join that pass within a per-turn
+budget of prompt tokens; a longer prompt is read a chunk per turn. Requests join and leave at every turn; a
+request's tokens never depend on what shares its batch (runtime/generation.py).
 The HTTP side talks to it through `submit` and `Work.cancelled`; events come back through `Work.emit`.
 """
 
@@ -46,7 +47,7 @@ class EngineConfig:
     max_batch: int = 8           # requests running at once
     max_queue: int = 64          # requests waiting beyond those
     kv_cache_tokens: int = 0     # per level; 0: max_batch x the model's context
-    prefill_chunk: int = 256     # prompt tokens read per turn beside the running requests
+    prefill_chunk: int = 256     # prompt tokens read per turn, across new requests, beside the running ones
     draft_budget: bool = True    # lower k as the batch fills (False: every request drafts its own k, for tests)
 
 
@@ -140,7 +141,6 @@ class Engine:
                     break
             self._drop_cancelled()
             self._admit()
-            self._read_one_prompt_chunk()
             self._step()
         for work in list(self.running) + list(self.waiting):
             self._finish(work, error="the server is shutting down")
@@ -169,19 +169,28 @@ class Engine:
             self._release(work)
             self.metrics.aborted(work)
 
-    def _read_one_prompt_chunk(self) -> None:
-        """Read one chunk of the first long unread prompt: at most one chunk per turn, so running requests wait
-        at most one chunk's pass for a new request."""
-        for work in self.running:
+    def _stepping(self) -> list[Work]:
+        """The running requests that take part in this turn's step: every one already generating, and new ones
+        whose unread prompt fits in what is left of the turn's prompt budget (--prefill-chunk tokens). The
+        first prompt that does not fit reads a chunk of what is left instead, in a pass of its own. So however
+        many requests arrive together, the running ones wait for at most one budget of prompt reading per turn.
+        """
+        budget = self.config.prefill_chunk
+        stepping = []
+        for work in list(self.running):
             chain = self._chains[work.chain]
-            if chain.unread_prompt(work.generation) > self.config.prefill_chunk:
+            unread = chain.unread_prompt(work.generation)
+            if unread <= budget:
+                stepping.append(work)
+                budget -= max(unread, 0)
+            elif budget > 0:
                 with self._failing([work], "reading the prompt"):
-                    chain.read_prompt(work.generation, self.config.prefill_chunk)
-                return
+                    chain.read_prompt(work.generation, budget)
+                budget = 0
+        return stepping
 
     def _step(self) -> None:
-        ready = [work for work in self.running
-                 if self._chains[work.chain].unread_prompt(work.generation) <= self.config.prefill_chunk]
+        ready = self._stepping()
         for names in {work.chain for work in ready}:
             batch = [work for work in ready if work.chain == names]
             chain = self._chains[names]

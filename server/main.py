@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv-cache-tokens", type=integer(0), default=0,
                         help="KV cache size per level in tokens (default: max-batch x the model's context)")
     parser.add_argument("--prefill-chunk", type=integer(1), default=256,
-                        help="prompt tokens read per engine step beside running requests (default 256)")
+                        help="prompt tokens read per engine turn, across all new requests, beside the running "
+                             "ones; longer prompts are read a chunk per turn (default 256)")
     parser.add_argument("--draft-budget", choices=("measured", "off"), default="measured",
                         help="measured (default): lower each request's draft length as the batch fills, from step "
                              "times measured at start-up; off: every request drafts its full k")

@@ -1,4 +1,5 @@
-"""specqd's MXFP4 kernel: equal to MXFP4 dequantize-and-matmul, taken by MXFP4 levels, and token-exact chains."""
+"""specqd's MXFP4 kernel: equal to MXFP4 dequantize-and-matmul, taken by MXFP4 levels, token-exact chains, and
+OpenVINO's path with one line saying why wherever it cannot run."""
 
 import xml.etree.ElementTree as ET
 
@@ -103,32 +104,39 @@ def test_mxfp4_levels_run_on_the_kernel_and_other_levels_do_not(mxfp4_kernel_bui
     assert f"MXFP4 matmuls on {SPECQD_KERNEL}" in capfd.readouterr().err
 
 
-def test_the_rewrite_replaces_every_mxfp4_matmul_and_keeps_the_logits(mxfp4_kernel_built, tiny_export):
+def test_the_rewrite_moves_every_mxfp4_matmul_and_the_embedding_and_keeps_the_logits(mxfp4_kernel_built, tiny_export):
     xml = tiny_export / "target-mxfp4" / "openvino_model.xml"
     core = ov.Core()
     mxfp4_kernel_built.register(core)
     ir = mxfp4_kernel_built.read_model(core, xml, "f32")
-    rewritten = [op for op in ir.model.get_ops() if op.get_type_name() == "MXFP4MatMul"]
-    mxfp4_matmuls = [op for op in core.read_model(xml).get_ops() if op.get_type_name() == "MatMul"
-                     and "f4e2m1" in _weight_source_types(op)]
-    assert len(rewritten) == len(mxfp4_matmuls) > 0
+    original = core.read_model(xml).get_ops()
+    mxfp4_matmuls = [op for op in original if op.get_type_name() == "MatMul" and "f4e2m1" in _source_types(op, 1)]
+    [embedding] = [op for op in original if op.get_type_name() == "Gather" and "f4e2m1" in _source_types(op, 0)]
+    ours = ir.model.get_ops()
+    assert len([op for op in ours if op.get_type_name() == "MXFP4MatMul"]) == len(mxfp4_matmuls) > 0
+    assert len([op for op in ours if op.get_type_name() == "MXFP4Gather"]) == 1
 
     inputs = {"input_ids": np.array([[5, 17, 42, 7]]), "attention_mask": np.ones((1, 4), np.int64),
               "position_ids": np.arange(4)[None], "beam_idx": np.zeros(1, np.int32)}
     config = {"INFERENCE_PRECISION_HINT": "f32"}
-    ours = core.compile_model(ir.model, "CPU", config)(inputs)["logits"]
+    compiled = core.compile_model(ir.model, "CPU", config)
     theirs = core.compile_model(core.read_model(xml), "CPU", config)(inputs)["logits"]
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    np.testing.assert_allclose(compiled(inputs)["logits"], theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+    # The embedding table is looked up row by row: OpenVINO never decompresses it whole.
+    table = embedding.input_value(0).get_partial_shape()
+    assert [op for op in compiled.get_runtime_model().get_ops()
+            if op.get_output_size() and op.get_output_partial_shape(0) == table] == []
 
 
-def _weight_source_types(op) -> set[str]:
-    """Element types of the Consts behind a MatMul's weight input."""
-    found, stack = set(), [op.input_value(1).get_node()]
+def _source_types(op, index: int) -> set[str]:
+    """Element types of the Consts that one of an op's inputs decompresses (through Convert, Reshape, Multiply)."""
+    found, stack = set(), [op.input_value(index).get_node()]
     while stack:
         node = stack.pop()
         if node.get_type_name() == "Constant":
             found.add(node.get_element_type().get_type_name())
-        stack.extend(value.get_node() for value in node.input_values())
+        elif node.get_type_name() in ("Convert", "Reshape", "Multiply"):
+            stack.extend(value.get_node() for value in node.input_values())
     return found
 
 
@@ -144,17 +152,39 @@ def test_chains_with_the_kernel_give_the_targets_own_tokens_in_f32(mxfp4_kernel_
         assert kernels["target-mxfp4"] == SPECQD_KERNEL and kernels["target"] == OPENVINO_KERNEL
 
 
-def test_without_the_kernel_mxfp4_levels_fall_back_to_openvino_and_say_so(tiny_export, tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("SPECQD_CACHE", str(tmp_path))  # an empty cache: nothing built
-    missing = Kernel.find()
-    assert missing.library is None and "specqd build-kernel" in missing.unavailable
+def test_an_install_without_the_library_falls_back_to_openvino_and_says_so(tiny_export, tmp_path, monkeypatch,
+                                                                            capfd):
+    monkeypatch.setattr(mxfp4_kernel, "library_path", lambda: tmp_path / mxfp4_kernel.LIBRARY)
+    folder = ExportFolder(tiny_export)
+    result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)
+    assert [level["kernel"] for level in result.stats["levels"]] == [OPENVINO_KERNEL, OPENVINO_KERNEL]
+    assert ("target-mxfp4: MXFP4 matmuls on OpenVINO's own path: specqd's kernel is not in this install"
+            in capfd.readouterr().err)
+
+
+def test_a_cpu_without_avx512_bf16_falls_back_to_openvino_in_one_line(tiny_export, monkeypatch, capfd):
+    class LibraryOnSuchACpu:
+        """What the real library answers there: it loads (the AVX-512 code is compiled per function)."""
+        def __init__(self, path: str):
+            pass
+
+        def specqd_mxfp4_cpu_supported(self) -> int:
+            return 0
+
+    monkeypatch.setattr(mxfp4_kernel.ctypes, "CDLL", LibraryOnSuchACpu)
+    kernel = Kernel.find()
+    monkeypatch.undo()
+    assert kernel.library is None
+    capfd.readouterr()
+    ir = kernel.read_model(ov.Core(), tiny_export / "target-mxfp4" / "openvino_model.xml", "bf16")
+    assert ir.kernel == OPENVINO_KERNEL
+    assert capfd.readouterr().err.splitlines() == [
+        "target-mxfp4: MXFP4 matmuls on OpenVINO's own path: specqd's kernel is not supported by this CPU "
+        "(it lacks AVX512-BF16)"]
+
+
+def test_the_kernel_can_be_turned_off(tiny_export, capfd):
     folder = ExportFolder(tiny_export, mxfp4_kernel=False)
     result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)
     assert [level["kernel"] for level in result.stats["levels"]] == [OPENVINO_KERNEL, OPENVINO_KERNEL]
     assert "OpenVINO's own path: specqd's kernel is turned off" in capfd.readouterr().err
-
-
-def test_build_is_cached_per_openvino_version_and_source(mxfp4_kernel_built):
-    path = mxfp4_kernel.library_path()
-    assert path.exists() and ov.get_version().split("-")[0] in str(path)
-    assert mxfp4_kernel.build() == path  # a second build is free

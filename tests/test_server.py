@@ -302,3 +302,17 @@ def test_with_the_draft_budget_on_concurrent_requests_still_get_their_solo_token
                 model="export", prompt=job[0], max_tokens=job[1], **GREEDY).choices[0].text, jobs))
         assert answers == [alone(prompt, tokens, chain=chain)[0] for prompt, tokens in jobs]
         assert server.metric("specqd:spec_decode_num_draft_tokens_total") > 0
+
+
+def test_long_prompts_read_in_chunks_beside_running_requests_change_no_token(tiny_export, alone, tmp_path):
+    """With a 4-token prefill chunk every prompt here is read over several engine turns, by the target and by
+    the draft that reads prompts itself, while the other requests keep generating."""
+    with running_server(tiny_export, "--precision", "f32", "--chain", CHAIN, "--prefill-chunk", "4",
+                        "--draft-budget", "off", log=tmp_path / "server.log") as server:
+        client = server.client()
+        jobs = [(PROMPTS[i] * 3, 10 + 3 * i) for i in range(5)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            answers = list(pool.map(lambda job: client.completions.create(
+                model="export", prompt=job[0], max_tokens=job[1], **GREEDY).choices[0].text, jobs))
+        assert answers == [alone(prompt, tokens)[0] for prompt, tokens in jobs]
+        assert server.metric("specqd:kv_cache_blocks_used") == 0

@@ -1,7 +1,7 @@
 """Times specqd's MXFP4 kernel against OpenVINO's MXFP4 and BF16 FullyConnected on the 1.5B layer shapes.
 
 Each measurement cycles through enough copies of the weights (>= 64 MB of MXFP4) that they come from memory,
-not cache, as they do in a real forward pass. Usage (after `specqd build-kernel`):
+not cache, as they do in a real forward pass. Usage (in the .venv of scripts/setup.sh, which builds the kernel):
     python scripts/research/mxfp4_microbench.py [--json PATH]
 """
 import argparse
