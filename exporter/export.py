@@ -12,7 +12,7 @@ from pathlib import Path
 from specqd.models.cache import say
 from specqd.runtime.manifest import Level, Manifest
 
-from . import ir, sources, vocabulary
+from . import ir, onnx_source, sources, vocabulary
 from .errors import ExportError
 
 EMBEDDING_CHOICES = ("bf16", "quantized")
@@ -62,16 +62,16 @@ def export(options: ExportOptions) -> Manifest:
         checkpoint, sha = sources.materialize(source)
         draft_print = vocabulary.fingerprint(checkpoint)
         vocabulary.check_same(options.model, target_print, source.argument, draft_print)
-        drafts.append((_draft_name(index), source.argument, checkpoint, sha))
+        drafts.append((_draft_name(index), source, checkpoint, sha))
 
     out_dir = options.out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        levels = _export_model(scratch, "target", options.model, target_checkpoint, target_sha,
+        levels = _export_model(scratch, "target", target_source, target_checkpoint, target_sha,
                                target_print, ["bf16", *options.formats], options.embeddings)
-        for name, argument, checkpoint, sha in drafts:
-            levels += _export_model(scratch, name, argument, checkpoint, sha, target_print,
+        for name, source, checkpoint, sha in drafts:
+            levels += _export_model(scratch, name, source, checkpoint, sha, target_print,
                                     options.draft_formats, options.embeddings)
         manifest = Manifest(levels=levels, tools=_tool_versions())
         manifest.write(scratch)
@@ -85,22 +85,31 @@ def _draft_name(index: int) -> str:
     return "draft" if index == 0 else f"draft{index + 1}"
 
 
-def _export_model(root: Path, name: str, argument: str, checkpoint: Path, sha256: str,
+def _export_model(root: Path, name: str, source: sources.Source, checkpoint: Path, sha256: str,
                   tokenizer_print: str, formats: list[str], embeddings: str) -> list[Level]:
-    """Export one model in every requested format; the BF16 IR is always made, as the source of the rest."""
+    """Export one model in every requested format; its unquantized IR is always made, as the source of the rest.
+
+    "bf16" in `formats` asks for that unquantized level; from an ONNX source it is BF16 too when the ONNX holds
+    BF16 values (an export of a BF16 checkpoint), else the ONNX's own f32 or f16.
+    """
     bf16_dir = root / name if "bf16" in formats else root / f".{name}-bf16"
     started = time.perf_counter()
-    say(f"[{name}] exporting BF16 IR from {checkpoint}")
-    ir.export_bf16(checkpoint, bf16_dir)
+    if source.kind == "onnx":
+        say(f"[{name}] converting {source.path} to a stateful IR")
+        base_format = onnx_source.write_level(onnx_source.OnnxModel(source.path, source.architecture), bf16_dir)
+    else:
+        say(f"[{name}] exporting BF16 IR from {checkpoint}")
+        ir.export_bf16(checkpoint, bf16_dir)
+        base_format = "bf16"
     bf16_seconds = time.perf_counter() - started
 
     def level(level_name: str, fmt: str, seconds: float, level_embeddings: str) -> Level:
         role = "target" if level_name == "target" else "draft"
         return Level(name=level_name, role=role, format=fmt, path=level_name, bytes=ir.folder_bytes(root / level_name),
-                     source=argument, source_sha256=sha256, tokenizer_sha256=tokenizer_print,
+                     source=source.argument, source_sha256=sha256, tokenizer_sha256=tokenizer_print,
                      embeddings=level_embeddings, export_seconds=round(seconds, 1), bf16_bytes=ir.folder_bytes(bf16_dir))
 
-    levels = [level(name, "bf16", bf16_seconds, "bf16")] if "bf16" in formats else []
+    levels = [level(name, base_format, bf16_seconds, base_format)] if "bf16" in formats else []
     for fmt in formats:
         if fmt == "bf16":
             continue
