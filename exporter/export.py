@@ -6,8 +6,10 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from specqd.models.cache import say
 from specqd.runtime.manifest import Level, Manifest
@@ -64,10 +66,7 @@ def export(options: ExportOptions) -> Manifest:
         vocabulary.check_same(options.model, target_print, source.argument, draft_print)
         drafts.append((_draft_name(index), source, checkpoint, sha))
 
-    out_dir = options.out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
+    with replacing(options.out_dir) as scratch:
         levels = _export_model(scratch, "target", target_source, target_checkpoint, target_sha,
                                target_print, ["bf16", *options.formats], options.embeddings)
         for name, source, checkpoint, sha in drafts:
@@ -75,9 +74,6 @@ def export(options: ExportOptions) -> Manifest:
                                     options.draft_formats, options.embeddings)
         manifest = Manifest(levels=levels, tools=_tool_versions())
         manifest.write(scratch)
-        _move_into_place(scratch, out_dir)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return manifest
 
 
@@ -124,15 +120,27 @@ def _export_model(root: Path, name: str, source: sources.Source, checkpoint: Pat
     return levels
 
 
-def _move_into_place(scratch: Path, out_dir: Path) -> None:
-    """Two renames on one filesystem: the old export is replaced only once the new one is complete."""
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-        os.replace(scratch, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(scratch, out_dir)
+@contextmanager
+def replacing(out_dir: Path) -> Iterator[Path]:
+    """Yield a scratch folder beside `out_dir` that replaces it (if any) once the block succeeds.
+
+    Two renames on one filesystem: the old folder is replaced only once the new one is complete, and a
+    failure leaves neither the new folder nor the scratch behind.
+    """
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield scratch
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            os.replace(scratch, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(scratch, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _tool_versions() -> dict[str, str]:

@@ -19,28 +19,32 @@ import torch
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.utils import logging as transformers_logging
 
-from specqd.models.cache import atomic_path, say
+from specqd.models.cache import say
 
-OPSET = 23
+from .export import replacing
+
+OPSET = 23  # the first opset with ONNX's Attention op; 18 writes it decomposed (what export-mxfp4 refuses)
 ONNX_NAME = "model.onnx"
 # Everything beside the weights that a tokenizer or config loader reads; the ONNX carries none of it.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja")
 
 
-def export_onnx(checkpoint: Path, out: Path) -> Path:
-    """Write `out`/model.onnx (+ model.onnx.data) with `checkpoint`'s config and tokenizer files; atomic."""
+def export_onnx(checkpoint: Path, out: Path, opset: int = OPSET) -> Path:
+    """Write `out`/model.onnx (+ model.onnx.data) with `checkpoint`'s config and tokenizer files.
+
+    `out` appears whole or not at all, and replaces an existing folder only once complete.
+    """
     transformers_logging.set_verbosity_error()
     started = time.perf_counter()
-    say(f"exporting {checkpoint} to ONNX (torch dynamo, opset {OPSET}, f32 weights)")
+    say(f"exporting {checkpoint} to ONNX (torch dynamo, opset {opset}, f32 weights)")
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
     wrapper = FlatCache(model)
     example, dynamic_shapes, input_names, output_names = _example_inputs(model.config)
-    with atomic_path(out) as scratch:
-        scratch.mkdir()
+    with replacing(out) as scratch:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # exporter chatter about guards and dynamic shapes
-            torch.onnx.export(wrapper, example, str(scratch / ONNX_NAME), dynamo=True, opset_version=OPSET,
+            torch.onnx.export(wrapper, example, str(scratch / ONNX_NAME), dynamo=True, opset_version=opset,
                               input_names=input_names, output_names=output_names, dynamic_shapes=dynamic_shapes,
                               external_data=True, verbose=False)
         for name in SIDE_FILES:

@@ -53,9 +53,19 @@ def onnx_file(path: Path) -> Path | None:
 
 
 def identify(path: Path, supported_architectures: tuple[str, ...]) -> OnnxModel:
-    """Check everything that would make the export fail later, reading only the graph (no weights)."""
+    """Check everything that would make the export fail later, reading only the graph (no weights).
+
+    What no file beside the model can fix (its attention, its missing KV cache) is reported first.
+    """
     import onnx
 
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as error:  # protobuf's DecodeError and OSError, among others
+        raise ExportError(f"{path}: not a readable ONNX file ({error}); the file is corrupt or truncated") from None
+    _check_attention(path, graph)
+    _check_inputs_and_outputs(path, graph)
+    _check_external_data(path, graph)
     folder = path.parent
     for name in REQUIRED_FILES:
         if not (folder / name).is_file():
@@ -66,13 +76,6 @@ def identify(path: Path, supported_architectures: tuple[str, ...]) -> OnnxModel:
     if architecture not in supported_architectures:
         raise ExportError(f"{folder / 'config.json'}: unsupported architecture {architecture!r}; supported: "
                           f"{', '.join(supported_architectures)}")
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as error:  # protobuf's DecodeError and OSError, among others
-        raise ExportError(f"{path}: not a readable ONNX file ({error}); the file is corrupt or truncated") from None
-    _check_external_data(path, graph)
-    _check_inputs_and_outputs(path, graph)
-    _check_attention(path, graph)
     return OnnxModel(path, architecture)
 
 

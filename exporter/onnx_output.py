@@ -1,0 +1,112 @@
+"""`export-mxfp4 --to onnx`: an MXFP4 level as an ONNX file, next to its IR.
+
+Each weight becomes `DequantizeLinear(q FLOAT4E2M1 [N, K], s FLOAT8E8M0 [N, K/32], axis=1, block_size=32,
+output_dtype=FLOAT)` (opset 24, the first whose DequantizeLinear takes an e8m0 scale), and a MatMul weight is
+followed by a Transpose. That [N, K] layout is what lets OpenVINO's ONNX reader fold the Transpose into a
+transpose_b MatMul over the still-compressed weights, which specqd's MXFP4 kernel takes; a [K, N] layout with
+axis=0 would run, but on neither. The values and scales come from NNCF's own `compress_weight` with the
+level's config, so the ONNX holds exactly the IR level's weights (NNCF's scale is 2^ceil(log2(amax / 6)),
+not OCP's floor(log2(amax)) - 2, and the two give different models).
+
+onnxruntime 1.32 cannot run FLOAT4E2M1 at all (NOT_IMPLEMENTED on CPU), so this file is for OpenVINO and
+for exchange; `int4_onnx` below writes what onnxruntime does run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+ONNX_NAME = "model.onnx"
+DATA_NAME = "model.onnx.data"
+BLOCK = 32
+OPSET = 24   # DequantizeLinear with a FLOAT8E8M0 scale
+IR_VERSION = 11
+
+
+@dataclass(frozen=True)
+class Weight:
+    value: ir.Value   # the initializer
+    kind: str         # "matmul" (input B of a MatMul, [K, N]) or "gather" (the embedding table, [rows, H])
+
+
+def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> int:
+    """Write out/model.onnx (+ .data) from the f32 ONNX `source`; return how many weights became MXFP4.
+
+    `embeddings` is the level's choice: "quantized" converts every weight as NNCF's all_layers does, "bf16"
+    keeps the embedding and lm_head as they are (f32 here: ONNX has no cheaper exact form that all readers take).
+    """
+    model = ir.load(source)
+    weights = _weights(model.graph, keep_embeddings=embeddings == "bf16")
+    for weight in weights:
+        _replace_by_mxfp4(model.graph, weight)
+    model.opset_imports[""] = max(OPSET, model.opset_imports.get("", OPSET))
+    model.ir_version = max(IR_VERSION, model.ir_version)
+    out.mkdir(parents=True, exist_ok=True)
+    ir.save(model, out / ONNX_NAME, external_data=DATA_NAME)
+    return len(weights)
+
+
+def _weights(graph: ir.Graph, keep_embeddings: bool) -> list[Weight]:
+    """Every 2-D f32 initializer used as a MatMul's B or a Gather's table, with K a multiple of the block."""
+    logits = next(output for output in graph.outputs if output.name == "logits")
+    found: dict[tuple[str, str], Weight] = {}
+    for node in graph:
+        if node.op_type == "MatMul" and node.domain == "":
+            value, kind, inner = node.inputs[1], "matmul", 0
+            if keep_embeddings and logits in node.outputs:
+                continue
+        elif node.op_type == "Gather" and node.domain == "" and not keep_embeddings:
+            value, kind, inner = node.inputs[0], "gather", 1
+        else:
+            continue
+        if value is None or not value.is_initializer() or value.const_value is None:
+            continue
+        shape = value.const_value.shape
+        if len(shape) != 2 or value.const_value.dtype != ir.DataType.FLOAT or shape[inner] % BLOCK:
+            continue
+        found[(value.name, kind)] = Weight(value, kind)
+    return list(found.values())
+
+
+def _replace_by_mxfp4(graph: ir.Graph, weight: Weight) -> None:
+    from nncf import CompressWeightsMode
+    from nncf.quantization.algorithms.weight_compression.config import WeightCompressionConfig
+    from nncf.quantization.algorithms.weight_compression.weight_lowering import compress_weight
+    from nncf.tensor import Tensor
+
+    values = weight.value.const_value.numpy()
+    rows_by_k = values.T if weight.kind == "matmul" else values    # [N, K]: blocks run along axis 1
+    compressed = compress_weight(Tensor(np.ascontiguousarray(rows_by_k)), (1,),
+                                 WeightCompressionConfig(mode=CompressWeightsMode.MXFP4, group_size=BLOCK))
+    rows, inner = rows_by_k.shape
+    codes = compressed.tensor.data.reshape(rows, inner).astype(ml_dtypes.float4_e2m1fn)
+    scales = compressed.scale.data.reshape(rows, inner // BLOCK).astype(ml_dtypes.float8_e8m0fnu)
+    name = f"{weight.value.name}.{weight.kind}"
+    q = _initializer(graph, f"{name}.mxfp4", codes)
+    s = _initializer(graph, f"{name}.e8m0", scales)
+    dequantized = ir.node("DequantizeLinear", [q, s], {"axis": 1, "block_size": BLOCK,
+                                                       "output_dtype": ir.DataType.FLOAT.value},
+                          outputs=[ir.Value(name=f"{name}.dequantized")])
+    nodes = [dequantized]
+    if weight.kind == "matmul":
+        nodes.append(ir.node("Transpose", dequantized.outputs, {"perm": [1, 0]},
+                             outputs=[ir.Value(name=f"{name}.transposed")]))
+    graph.insert_before(next(iter(graph)), nodes)
+    original = weight.value
+    for user, index in list(original.uses()):
+        if (user.op_type == "MatMul" and weight.kind == "matmul" and index == 1) or \
+                (user.op_type == "Gather" and weight.kind == "gather" and index == 0):
+            user.replace_input_with(index, nodes[-1].outputs[0])
+    if not original.uses():
+        graph.initializers.pop(original.name)
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.Tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
