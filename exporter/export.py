@@ -18,6 +18,10 @@ from . import ir, onnx_source, sources, vocabulary
 from .errors import ExportError
 
 EMBEDDING_CHOICES = ("bf16", "quantized")
+OUTPUT_CHOICES = ("ir", "onnx")
+# Formats --to onnx also writes as ONNX: the paper's. ONNX has no NNCF-exact form of the others that OpenVINO
+# keeps compressed, and onnxruntime runs none of the 4-bit float ones.
+ONNX_FORMATS = ("mxfp4",)
 
 
 @dataclass
@@ -32,6 +36,8 @@ class ExportOptions:
     # Embedding and lm_head of 4-bit levels: "quantized" like every other layer (measured smaller, faster and
     # as accurate on Qwen2.5-Coder-1.5B, see README), or "bf16" as the ML-SpecQD paper keeps them.
     embeddings: str = "quantized"
+    # "onnx": also write each MXFP4 level as an MXFP4 ONNX level "<level>-onnx" (onnx_output.py).
+    to: str = "ir"
     force: bool = False
 
     def validate(self) -> None:
@@ -44,6 +50,13 @@ class ExportOptions:
                 raise ExportError(f"--draft-format {fmt!r}: unknown weight format; choose from bf16, {known}")
         if self.embeddings not in EMBEDDING_CHOICES:
             raise ExportError(f"--embeddings {self.embeddings!r}: choose from {', '.join(EMBEDDING_CHOICES)}")
+        if self.to not in OUTPUT_CHOICES:
+            raise ExportError(f"--to {self.to!r}: choose from {', '.join(OUTPUT_CHOICES)}")
+        if self.to == "onnx":
+            if not set(ONNX_FORMATS) & {*self.formats, *self.draft_formats}:
+                raise ExportError(f"--to onnx writes {', '.join(ONNX_FORMATS)} levels as ONNX: add one to --format "
+                                  "or --draft-format")
+            onnx_source.require_onnx("--to onnx")
         if len(set(self.formats)) != len(self.formats) or len(set(self.draft_formats)) != len(self.draft_formats):
             raise ExportError("--format and --draft-format must not repeat a format")
         if self.out_dir.exists() and not self.force:
@@ -68,10 +81,10 @@ def export(options: ExportOptions) -> Manifest:
 
     with replacing(options.out_dir) as scratch:
         levels = _export_model(scratch, "target", target_source, target_checkpoint, target_sha,
-                               target_print, ["bf16", *options.formats], options.embeddings)
+                               target_print, ["bf16", *options.formats], options.embeddings, options.to)
         for name, source, checkpoint, sha in drafts:
             levels += _export_model(scratch, name, source, checkpoint, sha, target_print,
-                                    options.draft_formats, options.embeddings)
+                                    options.draft_formats, options.embeddings, options.to)
         manifest = Manifest(levels=levels, tools=_tool_versions())
         manifest.write(scratch)
     return manifest
@@ -82,11 +95,12 @@ def _draft_name(index: int) -> str:
 
 
 def _export_model(root: Path, name: str, source: sources.Source, checkpoint: Path, sha256: str,
-                  tokenizer_print: str, formats: list[str], embeddings: str) -> list[Level]:
+                  tokenizer_print: str, formats: list[str], embeddings: str, to: str) -> list[Level]:
     """Export one model in every requested format; its unquantized IR is always made, as the source of the rest.
 
     "bf16" in `formats` asks for that unquantized level; from an ONNX source it is BF16 too when the ONNX holds
-    BF16 values (an export of a BF16 checkpoint), else the ONNX's own f32 or f16.
+    BF16 values (an export of a BF16 checkpoint), else the ONNX's own f32 or f16. With `to` "onnx", each
+    ONNX_FORMATS level also gets an ONNX twin, made from the source ONNX or from an f32 ONNX exported here.
     """
     bf16_dir = root / name if "bf16" in formats else root / f".{name}-bf16"
     started = time.perf_counter()
@@ -106,6 +120,7 @@ def _export_model(root: Path, name: str, source: sources.Source, checkpoint: Pat
                      embeddings=level_embeddings, export_seconds=round(seconds, 1), bf16_bytes=ir.folder_bytes(bf16_dir))
 
     levels = [level(name, base_format, bf16_seconds, base_format)] if "bf16" in formats else []
+    f32_onnx = None
     for fmt in formats:
         if fmt == "bf16":
             continue
@@ -114,10 +129,27 @@ def _export_model(root: Path, name: str, source: sources.Source, checkpoint: Pat
         say(f"[{level_name}] quantizing weights to {fmt} with NNCF")
         ir.quantize(bf16_dir, root / level_name, fmt, embeddings)
         keeps_bf16 = fmt in ir.FORMATS_WITH_EMBEDDING_CHOICE and embeddings == "bf16"
-        levels.append(level(level_name, fmt, time.perf_counter() - started, "bf16" if keeps_bf16 else fmt))
+        level_embeddings = "bf16" if keeps_bf16 else fmt
+        levels.append(level(level_name, fmt, time.perf_counter() - started, level_embeddings))
+        if to == "onnx" and fmt in ONNX_FORMATS:
+            from . import onnx_output
+
+            started = time.perf_counter()  # the first ONNX level's time includes exporting the f32 ONNX
+            if f32_onnx is None:
+                f32_onnx = source.path if source.kind == "onnx" else _f32_onnx(checkpoint, root / f".{name}-onnx")
+            say(f"[{level_name}-onnx] writing the {fmt} weights into an ONNX copy of {f32_onnx}")
+            onnx_output.write_level(root / level_name, f32_onnx, root / f"{level_name}-onnx", embeddings)
+            levels.append(level(f"{level_name}-onnx", fmt, time.perf_counter() - started, level_embeddings))
     if "bf16" not in formats:
         shutil.rmtree(bf16_dir)
+    shutil.rmtree(root / f".{name}-onnx", ignore_errors=True)
     return levels
+
+
+def _f32_onnx(checkpoint: Path, out: Path) -> Path:
+    from .onnx_export import export_onnx  # torch: only when an ONNX must be made
+
+    return export_onnx(checkpoint, out)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ level's config, so the ONNX holds exactly the IR level's weights (NNCF's scale i
 not OCP's floor(log2(amax)) - 2, and the two give different models).
 
 onnxruntime 1.32 cannot run FLOAT4E2M1 at all (NOT_IMPLEMENTED on CPU), so this file is for OpenVINO and
-for exchange; `int4_onnx` below writes what onnxruntime does run.
+for exchange.
 """
 
 from __future__ import annotations
@@ -32,6 +32,14 @@ IR_VERSION = 11
 class Weight:
     value: ir.Value   # the initializer
     kind: str         # "matmul" (input B of a MatMul, [K, N]) or "gather" (the embedding table, [rows, H])
+
+
+def write_level(ir_level: Path, f32_onnx: Path, out: Path, embeddings: str) -> None:
+    """An ONNX twin of the MXFP4 IR level `ir_level`: the same files (tokenizer IRs, config), model.onnx for the IR."""
+    import shutil
+
+    shutil.copytree(ir_level, out, ignore=shutil.ignore_patterns("openvino_model.xml", "openvino_model.bin"))
+    write_mxfp4_onnx(f32_onnx, out, embeddings)
 
 
 def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> int:

@@ -43,6 +43,16 @@ class OnnxModel:
         return self.path.parent
 
 
+def require_onnx(what: str) -> None:
+    """ONNX support is an extra: say how to get it before any work rather than fail on an import midway."""
+    try:
+        import ml_dtypes  # noqa: F401
+        import onnx  # noqa: F401
+        import onnx_ir  # noqa: F401
+    except ImportError as error:
+        raise ExportError(f"{what} needs the onnx extra ({error}): pip install 'specqd[onnx]'") from None
+
+
 def onnx_file(path: Path) -> Path | None:
     """The ONNX file a MODEL argument names: a .onnx file, or a folder holding model.onnx; else None."""
     if path.is_file() and path.suffix == ".onnx":
@@ -57,6 +67,7 @@ def identify(path: Path, supported_architectures: tuple[str, ...]) -> OnnxModel:
 
     What no file beside the model can fix (its attention, its missing KV cache) is reported first.
     """
+    require_onnx(f"{path}: an ONNX model")
     import onnx
 
     try:
