@@ -209,7 +209,7 @@ def _check_inputs_and_outputs(path: Path, graph) -> None:
         raise ExportError(f"{path}: no KV cache inputs ({PAST_PREFIX}N.key/value) and outputs "
                           f"({PRESENT_PREFIX}N.key/value); it was exported without past key/values: "
                           f"{WORKING_EXPORT}")
-    missing = [name for name in (*REQUIRED_INPUTS,) if name not in inputs] + \
+    missing = [name for name in REQUIRED_INPUTS if name not in inputs] + \
               (["logits"] if "logits" not in outputs else [])
     if missing:
         raise ExportError(f"{path}: lacks {', '.join(missing)} (it has inputs {', '.join(inputs[:4])}, ...); "
