@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
                         help="embedding and lm_head of 4-bit levels: quantize them like the rest (default; "
                              "see README) or keep them bf16")
     parser.add_argument("--to", choices=OUTPUT_CHOICES, default="ir",
-                        help="onnx: also write each MXFP4 level as an MXFP4 ONNX level <level>-onnx (FLOAT4E2M1 "
-                             "weights, FLOAT8E8M0 scales; OpenVINO runs it, onnxruntime cannot yet; see docs/onnx.md)")
+                        help="onnx: also write each mxfp4 and int4_sym level as an ONNX level <level>-onnx (MXFP4: "
+                             "FLOAT4E2M1 weights, FLOAT8E8M0 scales, run by OpenVINO, not yet by onnxruntime; INT4: "
+                             "run by both; see docs/onnx.md)")
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
     return ExportOptions(model=args.model, out_dir=args.out_dir, drafts=args.draft, formats=args.format,

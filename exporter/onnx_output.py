@@ -1,4 +1,4 @@
-"""`export-mxfp4 --to onnx`: an MXFP4 level as an ONNX file, next to its IR.
+"""`export-mxfp4 --to onnx`: MXFP4 (and INT4) levels as ONNX files, next to their IR.
 
 Each weight becomes `DequantizeLinear(q FLOAT4E2M1 [N, K], s FLOAT8E8M0 [N, K/32], axis=1, block_size=32,
 output_dtype=FLOAT)` (opset 24, the first whose DequantizeLinear takes an e8m0 scale), and a MatMul weight is
@@ -9,7 +9,7 @@ level's config, so the ONNX holds exactly the IR level's weights (NNCF's scale i
 not OCP's floor(log2(amax)) - 2, and the two give different models).
 
 onnxruntime 1.32 cannot run FLOAT4E2M1 at all (NOT_IMPLEMENTED on CPU), so this file is for OpenVINO and
-for exchange.
+for exchange; the int4_sym twin (`write_int4_onnx`) is what onnxruntime runs.
 """
 
 from __future__ import annotations
@@ -34,12 +34,36 @@ class Weight:
     kind: str         # "matmul" (input B of a MatMul, [K, N]) or "gather" (the embedding table, [rows, H])
 
 
-def write_level(ir_level: Path, f32_onnx: Path, out: Path, embeddings: str) -> None:
-    """An ONNX twin of the MXFP4 IR level `ir_level`: the same files (tokenizer IRs, config), model.onnx for the IR."""
+def write_level(ir_level: Path, f32_onnx: Path, out: Path, weight_format: str, embeddings: str) -> str:
+    """An ONNX twin of the quantized IR level `ir_level`: its files (tokenizer IRs, config) with model.onnx for the IR.
+
+    Returns what the embedding and lm_head hold, as the manifest records it.
+    """
     import shutil
 
     shutil.copytree(ir_level, out, ignore=shutil.ignore_patterns("openvino_model.xml", "openvino_model.bin"))
-    write_mxfp4_onnx(f32_onnx, out, embeddings)
+    if weight_format == "mxfp4":
+        write_mxfp4_onnx(f32_onnx, out, embeddings)
+        return "f32" if embeddings == "bf16" else "mxfp4"
+    return write_int4_onnx(f32_onnx, out, embeddings)
+
+
+def write_int4_onnx(source: Path, out: Path, embeddings: str) -> str:
+    """INT4_SYM (group 32) through NNCF's ONNX backend: blocked int4 DequantizeLinear, which onnxruntime runs.
+
+    NNCF cannot write a valid ONNX with the embedding and lm_head in int4 too (all_layers gives a model both
+    runtimes refuse), so with `embeddings` "quantized" they get NNCF's default backup, int8; with "bf16" they
+    stay f32. Either way the level is not the IR level's model, only the nearest that onnxruntime runs.
+    Returns what the embedding and lm_head hold.
+    """
+    import nncf
+    import onnx
+
+    model = onnx.load(str(source))
+    backup = {"backup_mode": nncf.BackupMode.NONE} if embeddings == "bf16" else {}
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=BLOCK, **backup)
+    onnx.save_model(compressed, str(out / ONNX_NAME), save_as_external_data=True, location=DATA_NAME)
+    return "f32" if embeddings == "bf16" else "int8"
 
 
 def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> int:

@@ -227,10 +227,28 @@ def test_a_checkpoint_gets_onnx_levels_through_an_f32_onnx_made_on_the_way(tiny_
                           logits(out / "target-mxfp4", mxfp4_kernel_built))
 
 
-def test_to_onnx_needs_an_mxfp4_level(tiny_onnx, tmp_path, capsys):
+def test_onnxruntime_runs_the_int4_onnx_as_the_runtime_does(tiny_onnx, tmp_path, mxfp4_kernel_built):
+    import onnxruntime
+
     out = tmp_path / "out"
-    assert run(tiny_onnx, out, "--to", "onnx", "--format", "int4_sym") == 1
-    assert "--to onnx writes mxfp4 levels" in capsys.readouterr().err
+    assert run(tiny_onnx, out, "--format", "int4_sym", "--to", "onnx") == 0
+    level = Manifest.read(out).level("target-int4_sym-onnx")
+    assert (level.format, level.embeddings) == ("int4_sym", "int8")  # NNCF's ONNX backend keeps them int8
+    session = onnxruntime.InferenceSession(str(out / level.path / "model.onnx"))
+    feeds = {"input_ids": np.array([PROMPT[:30]]), "attention_mask": np.ones((1, 30), np.int64),
+             "position_ids": np.arange(30)[None]}
+    feeds |= {port.name: np.zeros((1, port.shape[1], 0, port.shape[3]), np.float32)
+              for port in session.get_inputs() if port.name.startswith("past_key_values.")}
+    in_onnxruntime = session.run(["logits"], feeds)[0][0]
+    in_openvino = logits(out / level.path, mxfp4_kernel_built)[:30]
+    # OpenVINO runs INT4 weights with int8 activations, so the two agree closely, not exactly.
+    assert np.abs(in_onnxruntime - in_openvino).max() < 0.02 * np.abs(in_onnxruntime).max()
+
+
+def test_to_onnx_needs_a_format_it_can_write(tiny_onnx, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(tiny_onnx, out, "--to", "onnx", "--format", "nvfp4") == 1
+    assert "--to onnx writes mxfp4, int4_sym levels" in capsys.readouterr().err
     assert_nothing_written(out)
 
 
