@@ -180,7 +180,8 @@ def _tool_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions = {}
-    for package in ("specqd", "openvino", "openvino-tokenizers", "nncf", "optimum-intel", "transformers", "torch"):
+    for package in ("specqd", "openvino", "openvino-tokenizers", "nncf", "optimum-intel", "transformers", "torch",
+                    "onnx", "onnx-ir"):
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
