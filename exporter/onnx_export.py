@@ -10,6 +10,7 @@ runtimes do not all take bf16, and f32 holds the BF16 checkpoint's values exactl
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 import warnings
@@ -20,11 +21,11 @@ from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.utils import logging as transformers_logging
 
 from specqd.models.cache import say
+from specqd.runtime.onnx_level import ONNX_NAME
 
 from .export import replacing
 
 OPSET = 23  # the first opset with ONNX's Attention op; 18 writes it decomposed (what export-mxfp4 refuses)
-ONNX_NAME = "model.onnx"
 # Everything beside the weights that a tokenizer or config loader reads; the ONNX carries none of it.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja")
@@ -36,6 +37,7 @@ def export_onnx(checkpoint: Path, out: Path, opset: int = OPSET) -> Path:
     `out` appears whole or not at all, and replaces an existing folder only once complete.
     """
     transformers_logging.set_verbosity_error()
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed. Skipping ..."
     started = time.perf_counter()
     say(f"exporting {checkpoint} to ONNX (torch dynamo, opset {opset}, f32 weights)")
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32).eval()

@@ -21,7 +21,8 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
-ONNX_NAME = "model.onnx"
+from specqd.runtime.onnx_level import ONNX_NAME
+
 DATA_NAME = "model.onnx.data"
 BLOCK = 32
 OPSET = 24   # DequantizeLinear with a FLOAT8E8M0 scale
@@ -58,10 +59,18 @@ def write_int4_onnx(source: Path, out: Path, embeddings: str) -> str:
     """
     import nncf
     import onnx
+    from nncf.onnx.quantization.backend_parameters import BackendParameters
+    from onnx.external_data_helper import load_external_data_for_model
 
-    model = onnx.load(str(source))
+    # Weights stay on disk while NNCF works: a model over 2 GB cannot be one protobuf message, which NNCF's shape
+    # inference would serialize. NNCF reads each weight from the source folder; what it leaves unchanged (norms,
+    # biases) is loaded afterwards, so that the file written refers to no data but its own.
+    model = onnx.load(str(source), load_external_data=False)
     backup = {"backup_mode": nncf.BackupMode.NONE} if embeddings == "bf16" else {}
-    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=BLOCK, **backup)
+    reads = nncf.AdvancedCompressionParameters(backend_params={BackendParameters.EXTERNAL_DATA_DIR: str(source.parent)})
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=BLOCK,
+                                       advanced_parameters=reads, **backup)
+    load_external_data_for_model(compressed, str(source.parent))
     onnx.save_model(compressed, str(out / ONNX_NAME), save_as_external_data=True, location=DATA_NAME)
     return "f32" if embeddings == "bf16" else "int8"
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from specqd.models.fetch import sha256_file
+from specqd.runtime.onnx_level import ONNX_NAME
 
 from .errors import ExportError
 
-ONNX_NAME = "model.onnx"
 REQUIRED_FILES = ("config.json", "tokenizer.json")
 REQUIRED_INPUTS = ("input_ids", "attention_mask", "position_ids")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
