@@ -75,8 +75,8 @@ def write_int4_onnx(source: Path, out: Path, embeddings: str) -> str:
     return "f32" if embeddings == "bf16" else "int8"
 
 
-def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> int:
-    """Write out/model.onnx (+ .data) from the f32 ONNX `source`; return how many weights became MXFP4.
+def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> None:
+    """Write out/model.onnx (+ .data): the f32 ONNX `source` with its weights as MXFP4.
 
     `embeddings` is the level's choice: "quantized" converts every weight as NNCF's all_layers does, "bf16"
     keeps the embedding and lm_head as they are (f32 here: ONNX has no cheaper exact form that all readers take).
@@ -89,7 +89,6 @@ def write_mxfp4_onnx(source: Path, out: Path, embeddings: str) -> int:
     model.ir_version = max(IR_VERSION, model.ir_version)
     out.mkdir(parents=True, exist_ok=True)
     ir.save(model, out / ONNX_NAME, external_data=DATA_NAME)
-    return len(weights)
 
 
 def _weights(graph: ir.Graph, keep_embeddings: bool) -> list[Weight]:
