@@ -233,7 +233,10 @@ def test_onnxruntime_runs_the_int4_onnx_as_the_runtime_does(tiny_onnx, tmp_path,
     out = tmp_path / "out"
     assert run(tiny_onnx, out, "--format", "int4_sym", "--to", "onnx") == 0
     level = Manifest.read(out).level("target-int4_sym-onnx")
-    assert (level.format, level.embeddings) == ("int4_sym", "int8")  # NNCF's ONNX backend keeps them int8
+    assert (level.format, level.embeddings) == ("int4_sym", "int4_sym")
+    model = onnx.load(str(out / level.path / "model.onnx"), load_external_data=False)
+    assert Counter(node.op_type for node in model.graph.node if node.domain == "com.microsoft") == \
+        {"MatMulNBits": 15, "GatherBlockQuantized": 1}   # onnxruntime's fast int4 ops, embedding and lm_head too
     session = onnxruntime.InferenceSession(str(out / level.path / "model.onnx"))
     feeds = {"input_ids": np.array([PROMPT[:30]]), "attention_mask": np.ones((1, 30), np.int64),
              "position_ids": np.arange(30)[None]}
