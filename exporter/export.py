@@ -20,7 +20,7 @@ from .errors import ExportError
 EMBEDDING_CHOICES = ("bf16", "quantized")
 OUTPUT_CHOICES = ("ir", "onnx")
 # Formats --to onnx also writes as ONNX: the paper's MXFP4 (exactly the IR level's weights; OpenVINO runs it,
-# onnxruntime cannot yet) and INT4_SYM (through NNCF's ONNX backend: what onnxruntime runs today).
+# onnxruntime cannot yet) and INT4_SYM (onnxruntime's own MatMulNBits: what onnxruntime runs well today).
 ONNX_FORMATS = ("mxfp4", "int4_sym")
 
 
