@@ -82,10 +82,11 @@ def _example_inputs(config) -> tuple[tuple, tuple, list[str], list[str]]:
     mask = torch.ones((batch, cached + new), dtype=torch.int64)
     positions = torch.arange(cached, cached + new, dtype=torch.int64).expand(batch, new)
     past = tuple(torch.zeros((batch, kv_heads, cached, head_size)) for _ in range(2 * layers))
-    batch_dim, new_dim, total_dim, past_dim = (torch.export.Dim(name) for name in ("batch", "sequence", "total", "past"))
+    batch_dim, new_dim, total_dim, past_dim = (torch.export.Dim(name)
+                                               for name in ("batch", "sequence", "total", "past"))
     dynamic_shapes = ({0: batch_dim, 1: new_dim}, {0: batch_dim, 1: total_dim}, {0: batch_dim, 1: new_dim},
                       tuple({0: batch_dim, 2: past_dim} for _ in past))
-    kv_names = [f"{{}}.{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
-    input_names = ["input_ids", "attention_mask", "position_ids", *[name.format("past_key_values") for name in kv_names]]
-    output_names = ["logits", *[name.format("present") for name in kv_names]]
+    kv = [f"{layer}.{kind}" for layer in range(layers) for kind in ("key", "value")]
+    input_names = ["input_ids", "attention_mask", "position_ids", *[f"past_key_values.{name}" for name in kv]]
+    output_names = ["logits", *[f"present.{name}" for name in kv]]
     return (ids, mask, positions, *past), dynamic_shapes, input_names, output_names

@@ -66,8 +66,10 @@ def write_int4_onnx(source: Path, out: Path, embeddings: str) -> str:
     lm_head = [node.name for node in model.graph.node if "logits" in node.output and node.op_type == "MatMul"]
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=BLOCK, is_symmetric=True,
                                      op_types_to_quantize=("MatMul",) if keep else ("MatMul", "Gather"),
-                                     quant_axes=(("MatMul", 0), ("Gather", 1)), nodes_to_exclude=lm_head if keep else [])
-    quantizer.process()
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)),
+                                     nodes_to_exclude=lm_head if keep else [])
+    with np.errstate(invalid="ignore"):  # an all-zero block (a padding row) is 0/0 in there, and is written as 0
+        quantizer.process()
     quantizer.model.save_model_to_file(str(out / ONNX_NAME), use_external_data_format=True)
     return "f32" if keep else "int4_sym"
 

@@ -1,4 +1,4 @@
-"""Turn a MODEL argument (registry name, Hugging Face checkpoint folder, .gguf or ONNX file) into what a level is made from.
+"""Turn a MODEL argument (registry name, checkpoint folder, .gguf or ONNX file) into what levels are made from.
 
 A registry name, checkpoint or GGUF becomes a BF16 checkpoint; an ONNX model is used as it is (onnx_source.py).
 
