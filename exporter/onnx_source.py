@@ -28,6 +28,7 @@ from .errors import ExportError
 REQUIRED_FILES = ("config.json", "tokenizer.json")
 REQUIRED_INPUTS = ("input_ids", "attention_mask", "position_ids")
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
+QUANTIZED_WEIGHT_OPS = ("DequantizeLinear", "MatMulNBits", "GatherBlockQuantized")
 WORKING_EXPORT = ("export it again with `export-onnx CHECKPOINT OUT` or "
                   "torch.onnx.export(..., dynamo=True, opset_version=23), which write ONNX's Attention op")
 
@@ -75,6 +76,7 @@ def identify(path: Path, supported_architectures: tuple[str, ...]) -> OnnxModel:
     except Exception as error:  # protobuf's DecodeError and OSError, among others
         raise ExportError(f"{path}: not a readable ONNX file ({error}); the file is corrupt or truncated") from None
     _check_attention(path, graph)
+    _check_unquantized(path, graph)
     _check_inputs_and_outputs(path, graph)
     _check_external_data(path, graph)
     folder = path.parent
@@ -217,6 +219,14 @@ def _check_inputs_and_outputs(path: Path, graph) -> None:
     if missing:
         raise ExportError(f"{path}: lacks {', '.join(missing)} (it has inputs {', '.join(inputs[:4])}, ...); "
                           f"{WORKING_EXPORT}")
+
+
+def _check_unquantized(path: Path, graph) -> None:
+    """Levels are quantized from the model's own weights; quantizing quantized weights again would lose more."""
+    quantized = sorted({node.op_type for node in graph.node if node.op_type in QUANTIZED_WEIGHT_OPS})
+    if quantized:
+        raise ExportError(f"{path}: its weights are already quantized ({', '.join(quantized)}); export-mxfp4 quantizes "
+                          "from unquantized (f32, f16 or bf16) weights: pass the ONNX it was made from")
 
 
 def _check_attention(path: Path, graph) -> None:

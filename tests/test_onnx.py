@@ -137,6 +137,11 @@ def without_kv_cache(tiny_target, onnx_dir, tmp_path):
     return folder / "model.onnx"
 
 
+def already_quantized(tiny_target, onnx_dir, tmp_path):
+    """An MXFP4 ONNX that export-mxfp4 --to onnx wrote (the onnx_export fixture)."""
+    return onnx_dir / "from-onnx" / "target-mxfp4-onnx" / "model.onnx"
+
+
 def not_onnx(tiny_target, onnx_dir, tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\xff" * 64)
@@ -151,10 +156,11 @@ def not_onnx(tiny_target, onnx_dir, tmp_path):
     (truncated_data, "it is truncated"),
     (without("tokenizer.json"), "no tokenizer.json beside it"),
     (without("config.json"), "no config.json beside it"),
+    (already_quantized, "its weights are already quantized (DequantizeLinear)"),
     (not_onnx, "not a readable ONNX file"),
 ])
-def test_onnx_models_the_runtime_cannot_drive_are_refused_by_name_before_any_work(
-        tiny_target, tiny_onnx, onnx_dir, tmp_path, capsys, make_model, message):
+def test_onnx_models_it_cannot_use_are_refused_by_name_before_any_work(
+        tiny_target, tiny_onnx, onnx_export, onnx_dir, tmp_path, capsys, make_model, message):
     model = make_model(tiny_target, onnx_dir, tmp_path)
     out = tmp_path / "out"
     assert run(model, out) == 1
