@@ -119,6 +119,8 @@ def write_level(model: OnnxModel, out: Path) -> str:
     weight_format = _store_bf16_weights(ir_model)
     out.mkdir(parents=True)
     ov.save_model(ir_model, out / "openvino_model.xml", compress_to_fp16=False)
+    if weight_format == "bf16":
+        _mark_decompression(out / "openvino_model.xml")
     for file in model.folder.iterdir():
         if file.is_file() and file.suffix in (".json", ".jinja", ".txt", ".model"):
             shutil.copy2(file, out / file.name)
@@ -168,6 +170,29 @@ def _store_bf16_weights(ir_model) -> str:
             target.replace_source_output(stored.output(0))
     ir_model.validate_nodes_and_infer_types()
     return "bf16"
+
+
+def _mark_decompression(xml: Path) -> None:
+    """Mark each Convert of a BF16 weight as a decompression, as optimum's IRs have it.
+
+    Unmarked, the CPU plugin folds the Convert when it compiles: every weight is held in f32 (the real 0.5B
+    target took 3.1 GB instead of 2.1 GB and loaded in 4.6 s instead of 0.9 s). OpenVINO's Python API cannot
+    set this runtime attribute, so it is written into the IR, where the IR reader recognises it.
+    """
+    import xml.etree.ElementTree as ET
+
+    net = ET.parse(xml)
+    layers = {layer.get("id"): layer for layer in net.iter("layer")}
+    producer = {edge.get("to-layer"): layers[edge.get("from-layer")] for edge in net.find("edges")
+                if edge.get("to-port") == "0"}
+    for layer in layers.values():
+        source = producer.get(layer.get("id"))
+        if layer.get("type") == "Convert" and source is not None and source.get("type") == "Const" and \
+                source.find("data").get("element_type") == "bf16":
+            rt_info = ET.Element("rt_info")
+            ET.SubElement(rt_info, "attribute", name="decompression", version="0")
+            layer.insert(1, rt_info)  # after <data>, before <input>, as the IR writer orders them
+    net.write(xml)
 
 
 def _architecture(config_path: Path) -> str:
