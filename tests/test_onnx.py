@@ -87,6 +87,16 @@ def test_an_onnx_export_gives_the_levels_of_the_direct_route_exactly(tiny_onnx, 
                                   logits(direct_export / name, mxfp4_kernel_built, precision)), (name, precision)
 
 
+def test_the_onnx_routes_target_keeps_its_weights_bf16_as_the_direct_route_does(onnx_export):
+    xml = onnx_export / "target" / "openvino_model.xml"
+    model = ov.Core().read_model(xml)
+    matrices = Counter(op.get_element_type().get_type_name() for op in model.get_ops()
+                       if op.get_type_name() == "Constant" and sum(dim > 1 for dim in op.shape) >= 2)
+    assert matrices["bf16"] == 16 and matrices["f32"] == 0
+    # Unmarked, the CPU plugin would fold each Convert and hold the weights in f32.
+    assert xml.read_text().count('<attribute name="decompression" version="0" />') == 16
+
+
 def test_the_onnx_route_generates_the_direct_routes_greedy_tokens(onnx_export, direct_export):
     def tokens(folder):
         return Pipeline.load(folder, chain="target,target-mxfp4", precision="f32").generate(
