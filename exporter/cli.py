@@ -14,7 +14,7 @@ from specqd.runtime.mxfp4_kernel import OPENVINO_KERNEL, SPECQD_KERNEL, Kernel
 
 from . import ir
 from .errors import ExportError
-from .export import EMBEDDING_CHOICES, ExportOptions, export
+from .export import EMBEDDING_CHOICES, OUTPUT_CHOICES, ExportOptions, export
 
 
 def _formats(text: str) -> list[str]:
@@ -26,8 +26,9 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
         prog="export-mxfp4",
         description="Export a BF16 checkpoint as OpenVINO IR levels for ML-SpecQD: the BF16 target, its "
                     "MXFP4 copy (the plug-and-play draft) and optional smaller drafts.",
-        epilog=f"MODEL is a registry name ({', '.join(REGISTRY)}), a Hugging Face checkpoint folder "
-               "or a .gguf file.",
+        epilog=f"MODEL is a registry name ({', '.join(REGISTRY)}), a Hugging Face checkpoint folder, a .gguf "
+               "file, or an ONNX causal LM with past key/values (a .onnx file or a folder holding model.onnx, with "
+               "config.json and tokenizer.json beside it; export-onnx writes one).",
     )
     parser.add_argument("model", metavar="MODEL", help="the target model")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="output folder (created whole or not at all)")
@@ -41,10 +42,14 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
     parser.add_argument("--embeddings", choices=EMBEDDING_CHOICES, default="quantized",
                         help="embedding and lm_head of 4-bit levels: quantize them like the rest (default; "
                              "see README) or keep them bf16")
+    parser.add_argument("--to", choices=OUTPUT_CHOICES, default="ir",
+                        help="onnx: also write each mxfp4 and int4_sym level as an ONNX level <level>-onnx (MXFP4: "
+                             "FLOAT4E2M1 weights, FLOAT8E8M0 scales, run by OpenVINO, not yet by onnxruntime; INT4: "
+                             "run by both; see docs/onnx.md)")
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
     return ExportOptions(model=args.model, out_dir=args.out_dir, drafts=args.draft, formats=args.format,
-                         draft_formats=args.draft_format, embeddings=args.embeddings, force=args.force)
+                         draft_formats=args.draft_format, embeddings=args.embeddings, to=args.to, force=args.force)
 
 
 def summary_table(manifest: Manifest, kernel: Kernel) -> str:

@@ -1,4 +1,6 @@
-"""Turn a MODEL argument (registry name, Hugging Face checkpoint folder or .gguf file) into a BF16 checkpoint.
+"""Turn a MODEL argument (registry name, checkpoint folder, .gguf or ONNX file) into what levels are made from.
+
+A registry name, checkpoint or GGUF becomes a BF16 checkpoint; an ONNX model is used as it is (onnx_source.py).
 
 Resolution has two phases so that bad input fails before any slow work: `identify` checks every argument
 in milliseconds (names, paths, file headers, architecture), then `materialize` fetches and converts what
@@ -17,7 +19,7 @@ from specqd.models import registry
 from specqd.models.cache import cache_root
 from specqd.models.fetch import fetch_gguf, sha256_file
 
-from . import gguf_checkpoint
+from . import gguf_checkpoint, onnx_source
 from .errors import ExportError
 
 # Architectures whose optimum export gives the stateful decoder IR the runtime drives
@@ -28,28 +30,33 @@ SUPPORTED_ARCHITECTURES = ("qwen2", "qwen3", "llama", "mistral")
 @dataclass(frozen=True)
 class Source:
     argument: str
-    kind: str                  # "registry", "gguf" or "checkpoint"
-    path: Path | None          # the GGUF file or checkpoint folder; None for a registry name
+    kind: str                  # "registry", "gguf", "checkpoint" or "onnx"
+    path: Path | None          # the GGUF file, checkpoint folder or .onnx file; None for a registry name
     architecture: str
 
 
 def identify(argument: str) -> Source:
     path = Path(argument).expanduser()
     if argument not in registry.REGISTRY:
+        onnx = onnx_source.onnx_file(path)
+        if onnx is not None:
+            return Source(argument, "onnx", onnx, onnx_source.identify(onnx, SUPPORTED_ARCHITECTURES).architecture)
         if path.is_dir():
             return Source(argument, "checkpoint", path, _check_architecture(path, _checkpoint_architecture(path)))
         if path.is_file():
             if path.suffix != ".gguf":
-                raise ExportError(f"{path}: not a checkpoint folder or a .gguf file")
+                raise ExportError(f"{path}: not a checkpoint folder, a .gguf file or a .onnx file")
             architecture = gguf_checkpoint.read_gguf_architecture(path)
             return Source(argument, "gguf", path, _check_architecture(path, architecture))
-        if "/" in argument or argument.endswith(".gguf"):
+        if "/" in argument or argument.endswith((".gguf", ".onnx")):
             raise ExportError(f"{path}: no such file or folder")
     return Source(argument, "registry", None, registry.get(argument).architecture)
 
 
 def materialize(source: Source) -> tuple[Path, str]:
-    """Return (BF16 checkpoint folder, sha256 identifying the source's weights)."""
+    """Return (BF16 checkpoint folder, sha256 identifying the source's weights); for ONNX, the folder it is in."""
+    if source.kind == "onnx":
+        return source.path.parent, onnx_source.sha256(onnx_source.OnnxModel(source.path, source.architecture))
     if source.kind == "checkpoint":
         return source.path, _checkpoint_sha256(source.path)
     if source.kind == "registry":

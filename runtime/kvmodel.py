@@ -20,6 +20,7 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino._offline_transformations import paged_attention_transformation
 
+from . import onnx_level
 from .mxfp4_kernel import Kernel
 
 PRECISIONS = ("bf16", "f32")
@@ -52,7 +53,10 @@ class Sequence:
 class KVModel:
     def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0,
                  max_blocks: int | None = None):
-        ir = kernel.read_model(core, folder / "openvino_model.xml", precision)
+        if onnx_level.is_onnx_level(folder):
+            ir = onnx_level.read(core, folder, precision, kernel)
+        else:
+            ir = kernel.read_model(core, folder / "openvino_model.xml", precision)
         self.kernel = ir.kernel
         paged_attention_transformation(ir.model)
         self.compiled = core.compile_model(_logits_for_chosen_positions(ir.model), "CPU", cpu_config(precision, threads))

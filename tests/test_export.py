@@ -150,7 +150,7 @@ def not_a_model_file(tiny_target, tmp_path):
     (lambda target, tmp: tmp / "missing", "no such file or folder"),
     (lambda target, tmp: "qwen-9000", "unknown model 'qwen-9000'"),
     (not_a_checkpoint, "no config.json"),
-    (not_a_model_file, "not a checkpoint folder or a .gguf file"),
+    (not_a_model_file, "not a checkpoint folder, a .gguf file or a .onnx file"),
     (truncated_safetensors, "corrupt safetensors"),
     (unsupported_architecture, "unsupported architecture 'gpt2'"),
     (corrupt_gguf, "not a readable GGUF file"),
