@@ -2,7 +2,7 @@
 
 Used for docs/onnx.md (an ONNX route's level against the direct route's, an ONNX level against its IR twin):
 
-    .venv/bin/python scripts/compare_levels.py DIRECT/target-mxfp4 FROM_ONNX/target-mxfp4 --prompts humaneval:0-2
+    .venv/bin/python scripts/research/compare_levels.py DIRECT/target-mxfp4 FROM_ONNX/target-mxfp4 --prompts humaneval:0-2
 
 Logits: per precision, one pass over each prompt, a 4-token verify and a 3-token verify after a rollback, in
 each level's paged KV cache. Tokens: each level's own greedy continuation in f32, one token per step.
@@ -18,7 +18,7 @@ import numpy as np
 import openvino as ov
 import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
 
-from specqd.runtime import prompts
+from specqd.runtime.tools import prompts
 from specqd.runtime.kvmodel import KVModel
 from specqd.runtime.mxfp4_kernel import Kernel
 
