@@ -2,6 +2,7 @@
 server configuration, on HumanEval prompts, greedy, 64 new tokens; output tok/s, TTFT and ITL. Then, for each
 specqd configuration, the same prompts one at a time through the server and through the runtime in this
 process (what `specqd generate` runs), alternating prompt by prompt: the server's cost at concurrency 1.
+Writes OUT.json, OUT.md (tables) and OUT.png (tok/s and inter-token latency against concurrency).
 
     .venv/bin/python scripts/serve_bench.py ~/.cache/specqd/exports/qwen2.5-coder-1.5b --out docs/serve-bench
 
@@ -83,6 +84,47 @@ def slug(config: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,-]+", "-", config)
 
 
+def write_outputs(result: dict, out: Path) -> None:
+    """OUT.json (every figure), OUT.md (the tables) and OUT.png (tok/s and ITL against concurrency)."""
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    lines = ["| config | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['config']} | {r['concurrency']} | {r['output_tokens_per_second']:.1f} | {r['ttft_ms_p50']:.0f} | "
+              f"{r['ttft_ms_p99']:.0f} | {r['itl_ms_p50']:.0f} | {r['itl_ms_p99']:.0f} |" for r in result["load"]]
+    if result["solo"]:
+        lines += ["", "| config | one at a time: server tok/s | runtime tok/s | server / runtime |", "|---|---|---|---|"]
+        lines += [f"| {r['config']} | {r['server_tokens_per_second']:.2f} | {r['runtime_tokens_per_second']:.2f} | "
+                  f"{r['ratio']:.3f} |" for r in result["solo"]]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(result["load"], out.with_suffix(".png"))
+
+
+def plot(load: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    for config in dict.fromkeys(row["config"] for row in load):
+        rows = [row for row in load if row["config"] == config]
+        concurrency = [row["concurrency"] for row in rows]
+        throughput.plot(concurrency, [row["output_tokens_per_second"] for row in rows], marker="o", label=config)
+        latency.plot(concurrency, [row["itl_ms_p50"] for row in rows], marker="o", label=config)
+    for axis, label in ((throughput, "output tok/s"), (latency, "inter-token latency p50, ms")):
+        axis.set_xscale("log", base=2)
+        ticks = sorted({row["concurrency"] for row in load})
+        axis.set_xticks(ticks, [str(tick) for tick in ticks])
+        axis.minorticks_off()
+        axis.set_xlabel("concurrent requests")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    throughput.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path)
@@ -131,16 +173,7 @@ def main() -> int:
     finally:
         for stop in stops.values():
             stop.close()
-    args.out.with_suffix(".json").write_text(json.dumps({"load": results, "solo": solo}, indent=1))
-    lines = ["| config | concurrency | output tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['concurrency']} | {r['output_tokens_per_second']:.1f} | {r['ttft_ms_p50']:.0f} | "
-              f"{r['ttft_ms_p99']:.0f} | {r['itl_ms_p50']:.0f} | {r['itl_ms_p99']:.0f} |" for r in results]
-    lines += ["", "| config | one at a time: server tok/s | runtime tok/s | server / runtime |", "|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['server_tokens_per_second']:.2f} | {r['runtime_tokens_per_second']:.2f} | "
-              f"{r['ratio']:.3f} |" for r in solo]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_outputs({"load": results, "solo": solo}, args.out)
     return 0
 
 
