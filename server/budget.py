@@ -10,7 +10,10 @@ second, from step times t(n) measured on this machine and the acceptance measure
 What a drafted token costs is learned from the rounds themselves, per batch size, because a pass of the
 drafter's model per token is only an estimate: a drafter that is itself a speculative chain (an INT4 copy
 drafted for by a 0.5B model) may make several tokens per pass, confidence stops end drafts early, and each
-pass carries Python work. Before a batch size has been seen, that estimate stands in.
+pass carries Python work. Before a batch size has been seen, that estimate stands in. A batch size that stopped
+drafting measures nothing more, so its learned cost drifts back toward the estimate round by round until
+drafting is tried again: one costly round (a load that has passed, a draft cut short after one token) must
+not switch speculation off for good.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from ..runtime.tools.tune import step
 
 PRIOR_ACCEPTED, PRIOR_DRAFTED = 7, 10   # acceptance 0.7 until measurements outweigh it
 SMOOTHING = 0.2                         # weight of the newest round in the drafting cost's running average
+RELAXING = 0.05                         # pull toward the estimate per round without drafting (~14 rounds halve
+                                        # the gap)
 
 
 class DraftBudget:
@@ -29,12 +34,14 @@ class DraftBudget:
         self.draft_ms_per_token: dict[int, float] = {}   # by requests in the batch: measured drafting cost
 
     def observe(self, requests: int, drafting_ms: float, positions: int) -> None:
-        """A round drafted up to `positions` tokens per request for `requests` requests in `drafting_ms`."""
-        if positions <= 0:
-            return
-        cost = drafting_ms / positions
+        """A round drafted up to `positions` tokens per request for `requests` requests in `drafting_ms`
+        (0 positions: a round without drafting)."""
         known = self.draft_ms_per_token.get(requests)
-        self.draft_ms_per_token[requests] = cost if known is None else known + SMOOTHING * (cost - known)
+        if positions > 0:
+            cost = drafting_ms / positions
+            self.draft_ms_per_token[requests] = cost if known is None else known + SMOOTHING * (cost - known)
+        elif known is not None and self.draft_ms:
+            self.draft_ms_per_token[requests] = known + RELAXING * (_ms(self.draft_ms, requests) - known)
 
     def best_k(self, requests: int, most: int, accepted: int, drafted: int) -> int:
         """The draft length (0..most) with the most tokens per second for `requests` requests at the measured

@@ -217,9 +217,11 @@ class Engine:
 
     @contextmanager
     def _timing_drafts(self, names: tuple[str, ...], batch: list[Work]):
-        """Tell the draft budget what this round's drafting cost: the round's time beside the target's pass."""
+        """Tell the draft budget what this round's drafting cost: the round's time beside the target's pass.
+        A round in which a request starts is not told: its drafter reads that request's whole prompt, a cost
+        paid once per request, not per drafted token."""
         budget = self._budgets.get(names)
-        if budget is None or len(names) == 1:
+        if budget is None or len(names) == 1 or any(not work.generation.generated for work in batch):
             yield
             return
         jobs = [work.generation.job for work in batch]

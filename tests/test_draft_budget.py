@@ -32,3 +32,14 @@ def test_drafting_measured_cheaper_than_a_pass_per_token_buys_longer_drafts():
     for _ in range(20):
         budget.observe(4, drafting_ms=3 * DRAFT[4] / 4, positions=3)  # a quarter of a pass per token
     assert budget.best_k(4, 8, accepted=800, drafted=1000) > before
+
+
+def test_one_costly_round_does_not_switch_drafting_off_for_good():
+    """A draft cut short after one token in a slow moment makes drafting look dear; the rounds without drafting
+    that follow pull the cost back until drafting is tried again."""
+    budget = DraftBudget(TARGET, DRAFT)
+    budget.observe(1, drafting_ms=20 * DRAFT[1], positions=1)
+    assert budget.best_k(1, 8, accepted=900, drafted=1000) == 0
+    for _ in range(100):
+        budget.observe(1, drafting_ms=0.0, positions=0)
+    assert budget.best_k(1, 8, accepted=900, drafted=1000) > 0
