@@ -43,7 +43,7 @@ def running_server(export: Path, *options: str, log: Path):
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
                     if answer.status == 200:
                         break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # Ray's proxy holds it while replicas load
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not answer /health in {START_TIMEOUT} s:\n{log.read_text()}")
