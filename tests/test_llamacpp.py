@@ -13,7 +13,7 @@ from specqd.runtime import cli
 from specqd.runtime.manifest import Manifest
 from specqd.runtime.tools import bench, llamacpp_gguf
 from specqd.runtime.tools.llamacpp_build import LlamaCppBuild, LlamaCppError
-from specqd.runtime.tools.llamacpp_engine import LlamaCppConfig
+from specqd.runtime.tools.llamacpp_engine import LlamaCppConfig, LlamaCppEngine
 
 BUILT = LlamaCppBuild.cached()  # the real cache's build, before any test points SPECQD_CACHE elsewhere
 
@@ -132,9 +132,28 @@ def test_server_arguments_say_which_speculative_decoding_runs(tmp_path):
         LlamaCppConfig(model, draft, prompt_lookup=True).server_arguments()
 
 
-def test_bench_runs_llamacpp_rows_beside_ours(gguf_export, prepared, tmp_path):
+def require_build():
     if not BUILT.server.is_file():
         pytest.skip(f"llama.cpp is not built ({BUILT.server}): `specqd llamacpp OUT_DIR` builds it")
+
+
+def test_a_draft_identical_to_the_target_has_its_drafts_accepted(gguf_export, prepared):
+    require_build()
+    target = llamacpp_gguf.bf16_gguf(levels_of(gguf_export)["target"])
+    prompt = bench.ExportFolder(gguf_export).encode("def fibonacci(n):")
+    with LlamaCppEngine(LlamaCppConfig(target), BUILT.server) as engine:
+        alone = engine.generate(prompt, 24)
+    # p_min 0: a random tiny model is never sure of a token, and a stop at p < 0.5 would draft nothing.
+    with LlamaCppEngine(LlamaCppConfig(target, draft=target, draft_max=4, draft_p_min=0.0), BUILT.server) as engine:
+        drafted = engine.generate(prompt, 24)
+    assert alone.drafted == 0 and len(alone.tokens) == 24
+    assert drafted.tokens == alone.tokens
+    assert drafted.drafted > 0 and drafted.accepted == drafted.drafted
+    assert drafted.target_steps == len(drafted.tokens) - drafted.accepted < len(alone.tokens)
+
+
+def test_bench_runs_llamacpp_rows_beside_ours(gguf_export, prepared, tmp_path):
+    require_build()
     report = tmp_path / "bench.json"
     assert cli.main(["bench", str(gguf_export), "--prompts", "humaneval:0-1", "--max-new-tokens", "16",
                      "--f32-prompts", "0", "--configs",
@@ -144,6 +163,6 @@ def test_bench_runs_llamacpp_rows_beside_ours(gguf_export, prepared, tmp_path):
     alone, drafted = configs["llamacpp:target"], configs["llamacpp:target,draft"]
     assert alone["engine"] == "llama.cpp" and alone["tokens_per_second"] > 0
     assert alone["agreement"] > 0.5  # the same weights as our target, computed in another engine
-    assert drafted["levels"][1]["drafted"] > 0
+    assert drafted["levels"][1]["level"] == "draft" and drafted["agreement"] > 0.5
     assert drafted["weights_bytes"]["draft"] == llamacpp_gguf.bf16_gguf(levels_of(gguf_export)["draft"]).stat().st_size
     assert "| llamacpp:target,lookup | llama.cpp |" in report.with_suffix(".md").read_text()

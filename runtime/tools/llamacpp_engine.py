@@ -23,13 +23,15 @@ from pathlib import Path
 
 from .llamacpp_build import LlamaCppError
 
-# Draft settings, chosen on humaneval:0-2 (the prompts `specqd tune` learns from) with
-# scripts/research/llamacpp_draft_sweep.py; the sweep and the reasons are in docs/benchmarks.md, "llama.cpp".
-DRAFT_MAX = 16
+# The fastest of the settings tried on humaneval:0-2 (the prompts `specqd tune` learns from) with
+# scripts/research/llamacpp_draft_sweep.py; the sweep is in docs/benchmarks.md, "llama.cpp". This llama.cpp's
+# own defaults are slower here: 3 draft tokens with no confidence stop (0.94x its target alone, against 1.17x),
+# and lookup of 12-token n-grams, which never matches in these completions yet costs 24 % (0.76x).
+DRAFT_MAX = 12
 DRAFT_MIN = 0
-DRAFT_P_MIN = 0.75
+DRAFT_P_MIN = 0.5
 LOOKUP_N = 3
-LOOKUP_M = 48
+LOOKUP_M = 16
 
 
 @dataclass
