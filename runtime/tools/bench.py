@@ -365,7 +365,8 @@ def bar_chart(result: dict, path: Path) -> None:
     configs = result["configs"]
     figure, axis = plt.subplots(figsize=(8, 0.35 * len(configs) + 1.2))
     colors = [{"specqd": "tab:blue", "openvino-genai": "tab:orange"}.get(c["engine"], "tab:green") for c in configs]
-    axis.barh([c["name"] for c in configs], [c["speedup"] for c in configs], color=colors)
+    axis.barh([f"{c['name']} (LOSSY)" if c["lossy"] else c["name"] for c in configs], [c["speedup"] for c in configs],
+              color=colors)
     axis.axvline(1.0, color="black", linewidth=0.8)
     axis.invert_yaxis()
     axis.set_xlabel("speedup over our BF16 target alone\n(blue: specqd, orange: openvino-genai, green: llama.cpp)")
