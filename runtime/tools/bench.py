@@ -176,8 +176,12 @@ def available_configs(folder: ExportFolder, names: list[str]) -> list[str]:
     levels = {level.name for level in folder.manifest.levels} | {LOOKUP}
     bf16 = {level.name for level in folder.manifest.levels if level.format == "bf16"}
     llamacpp = bf16 | {name + llamacpp_gguf.SHIPPED for name in bf16} | {LOOKUP}
-    return [name for name in names
-            if set(split_name(name)[1]) <= (llamacpp if split_name(name)[0] == "llama.cpp" else levels)]
+    selected = []
+    for name in names:
+        engine, chain = split_name(name)
+        if set(chain) <= (llamacpp if engine == "llama.cpp" else levels):
+            selected.append(name)
+    return selected
 
 
 def make_run(folder: ExportFolder, name: str, controls: Callable[[list[str]], dict[str, DraftControls]]) -> ConfigRun:
