@@ -1,4 +1,4 @@
-"""`specqd generate|bench|tune|profile OUT_DIR ...`: thin shell over the runtime's modules."""
+"""`specqd generate|bench|tune|profile|llamacpp OUT_DIR ...`: thin shell over the runtime's modules."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from ..server import main as server_main
 from .tools import bench, prompts
+from .tools.llamacpp_build import LlamaCppError
 from .arguments import Parser, integer, integers, per_level, real
-from .manifest import ManifestError
+from .manifest import Manifest, ManifestError
 from .generation import check_chain
 from .pipeline import ExportFolder, GenerationError, default_chain
 from .sampling import Sampling
@@ -92,6 +93,10 @@ def parser() -> argparse.ArgumentParser:
                           "the prompt read is timed too")
     profile_.add_argument("--json", action="store_true")
 
+    llamacpp = commands.add_parser("llamacpp", help="build llama.cpp (pinned) and the GGUFs of this export's BF16 "
+                                                    "levels, for bench's llamacpp: configurations")
+    llamacpp.add_argument("out_dir", metavar="OUT_DIR", help="a folder made by export-mxfp4")
+
     serve = commands.add_parser("serve", parents=[folder_arg], help="an OpenAI-compatible HTTP server that batches "
                                                                    "speculative decoding across requests")
     server_main.add_arguments(serve)
@@ -103,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"generate": _generate, "bench": _bench, "tune": _tune, "profile": _profile,
-                "serve": server_main.serve}[args.command](args)
-    except (GenerationError, ManifestError, prompts.PromptSpecError) as error:
+                "llamacpp": _llamacpp, "serve": server_main.serve}[args.command](args)
+    except (GenerationError, ManifestError, prompts.PromptSpecError, LlamaCppError) as error:
         print(f"specqd: error: {error}", file=sys.stderr)
         return 1
 
@@ -150,6 +155,17 @@ def _bench(args: argparse.Namespace) -> int:
                        f32_prompts=args.f32_prompts if sampling.greedy else 0,
                        journal=bench.journal_path(args.json) if args.json else None)
     bench.write_outputs(result, args.json)
+    return 0
+
+
+def _llamacpp(args: argparse.Namespace) -> int:
+    from .tools import llamacpp_gguf
+    from .tools.llamacpp_build import LlamaCppBuild
+
+    levels = Manifest.read(Path(args.out_dir)).levels
+    server = LlamaCppBuild.cached().build()
+    for path in [server, *llamacpp_gguf.prepare(levels)]:
+        print(path)
     return 0
 
 

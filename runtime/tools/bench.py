@@ -2,7 +2,8 @@
 
 Speedups are ratios to our BF16 target alone measured in the same run, because this machine is shared and
 noisy: interleaving makes drift hit every configuration alike. Our configurations share compiled models
-(one ExportFolder); each openvino-genai configuration is its own LLMPipeline.
+(one ExportFolder); each openvino-genai configuration is its own LLMPipeline, each llama.cpp one its own
+llama-server process reading GGUF files.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from typing import Callable
 import numpy as np
 import openvino as ov
 
+from . import llamacpp_gguf
 from .genai_engine import GenAIConfig
+from .llamacpp_build import LlamaCppBuild, LlamaCppError
+from .llamacpp_engine import LlamaCppConfig
+from ..manifest import Level
 from ..pipeline import LOOKUP, ExportFolder, GenerationError, Pipeline
 from ..sampling import Sampling
 from ..speculative import DraftControls, LevelStats
 
 BASELINE = "target"
 GENAI = "genai:"
+LLAMACPP = "llamacpp:"
+ENGINES = {GENAI: "openvino-genai", LLAMACPP: "llama.cpp"}
 # Configurations take turns on blocks of this many prompts: each openvino-genai pipeline then loads and warms
 # up (about 9 s here) once per block instead of once per prompt, and drift still hits every configuration
 # within minutes of the others.
@@ -58,17 +65,26 @@ class ConfigRun:
     name: str
     engine: str
     chain: list[str]
-    runner: Pipeline | GenAIConfig
+    runner: Pipeline | GenAIConfig | LlamaCppConfig
     folder: ExportFolder
+    weights: dict[str, int]  # bytes of each level's weights as this engine reads them (IR folder or GGUF)
     outputs: list[list[int]] = field(default_factory=list)
     prompt_seconds: list[float] = field(default_factory=list)
     levels: list[LevelStats] = field(default_factory=list)
     target_passes: int = 0
     f32_exact: bool | None = None
 
+    @property
+    def lossy(self) -> bool:
+        """Its greedy output is not the BF16 target's by construction: a quantized model runs alone."""
+        return self.chain[0] != BASELINE
+
     def measure(self, prompts: list[str], max_new_tokens: int, sampling: Sampling) -> list[Sample]:
-        if not isinstance(self.runner, Pipeline):
+        if isinstance(self.runner, GenAIConfig):
             return _run_genai(self.runner, [self.folder.encode(prompt) for prompt in prompts], max_new_tokens)
+        if isinstance(self.runner, LlamaCppConfig):
+            return _run_llamacpp(self.runner, self.chain, [self.folder.encode(prompt) for prompt in prompts],
+                                 max_new_tokens)
         samples = []
         for prompt in prompts:
             result = self.runner.generate(prompt, max_new_tokens=max_new_tokens, sampling=sampling)
@@ -129,20 +145,72 @@ def _run_genai(config: GenAIConfig, prompts: list[list[int]], max_new_tokens: in
     return [Sample(r.tokens, r.seconds, r.target_steps or len(r.tokens), []) for r in results]
 
 
+def _run_llamacpp(config: LlamaCppConfig, chain: list[str], prompts: list[list[int]],
+                  max_new_tokens: int) -> list[Sample]:
+    """As for openvino-genai, one configuration's models at a time: a server per block of prompts, warmed
+    up, timed on each, and stopped."""
+    from .llamacpp_engine import LlamaCppEngine
+
+    with LlamaCppEngine(config, LlamaCppBuild.cached().require_server()) as engine:
+        engine.generate(prompts[0], 8)
+        results = [engine.generate(prompt_ids, max_new_tokens) for prompt_ids in prompts]
+    samples = []
+    for result in results:
+        levels = [LevelStats(name) for name in chain] if len(chain) > 1 else []
+        if levels:  # the server counts drafted and accepted tokens, not positions
+            levels[0].forward_passes = result.target_steps
+            levels[1].record_counts(result.drafted, result.accepted, [], [])
+        samples.append(Sample(result.tokens, result.seconds, result.target_steps, levels))
+    return samples
+
+
+def split_name(name: str) -> tuple[str, list[str]]:
+    """`genai:target,draft` -> ("openvino-genai", ["target", "draft"]); no prefix is specqd."""
+    for prefix, engine in ENGINES.items():
+        if name.startswith(prefix):
+            return engine, name.removeprefix(prefix).split(",")
+    return "specqd", name.split(",")
+
+
 def available_configs(folder: ExportFolder, names: list[str]) -> list[str]:
     levels = {level.name for level in folder.manifest.levels} | {LOOKUP}
-    return [name for name in names if set(name.removeprefix(GENAI).split(",")) <= levels]
+    bf16 = {level.name for level in folder.manifest.levels if level.format == "bf16"}
+    llamacpp = bf16 | {name + llamacpp_gguf.SHIPPED for name in bf16} | {LOOKUP}
+    selected = []
+    for name in names:
+        engine, chain = split_name(name)
+        if set(chain) <= (llamacpp if engine == "llama.cpp" else levels):
+            selected.append(name)
+    return selected
 
 
 def make_run(folder: ExportFolder, name: str, controls: Callable[[list[str]], dict[str, DraftControls]]) -> ConfigRun:
-    chain = name.removeprefix(GENAI).split(",")
-    if name.startswith(GENAI):
+    engine, chain = split_name(name)
+    sizes = {level.name: level.bytes for level in folder.manifest.levels}
+    weights = {level: sizes[level] for level in chain if level in sizes}
+    if engine == "openvino-genai":
         level_dir = {level.name: folder.path / level.path for level in folder.manifest.levels}
         draft = chain[1] if len(chain) > 1 else None
         config = GenAIConfig(target=level_dir[chain[0]], draft=level_dir.get(draft), prompt_lookup=draft == LOOKUP)
-        return ConfigRun(name, "openvino-genai", chain, config, folder)
+        return ConfigRun(name, engine, chain, config, folder, weights)
+    if engine == "llama.cpp":
+        config = llamacpp_config({level.name: level for level in folder.manifest.levels}, chain)
+        LlamaCppBuild.cached().require_server()  # missing pieces fail here, before anything is timed
+        files = {level: path.stat().st_size for level, path in zip(chain, (config.target, config.draft)) if path}
+        return ConfigRun(name, engine, chain, config, folder, files)
     pipeline = folder.pipeline(chain, controls(chain))
-    return ConfigRun(name, "specqd", chain, pipeline, folder)
+    return ConfigRun(name, engine, chain, pipeline, folder, weights)
+
+
+def llamacpp_config(levels: dict[str, Level], chain: list[str]) -> LlamaCppConfig:
+    """A llama.cpp chain is a GGUF alone, or a GGUF with one draft GGUF or lookup below it."""
+    if len(chain) > 2:
+        raise LlamaCppError(f"llama.cpp runs a model alone or with one draft model or lookup, not "
+                            f"{','.join(chain)}")
+    draft = chain[1] if len(chain) == 2 else None
+    return LlamaCppConfig(target=llamacpp_gguf.gguf_for(levels, chain[0]),
+                          draft=llamacpp_gguf.gguf_for(levels, draft) if draft not in (None, LOOKUP) else None,
+                          prompt_lookup=draft == LOOKUP)
 
 
 def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_tokens: int, sampling: Sampling,
@@ -153,8 +221,8 @@ def run(folder: ExportFolder, names: list[str], prompts: list[str], max_new_toke
     names = [BASELINE, *(name for name in names if name != BASELINE)]  # the baseline comes first
     runs = [make_run(folder, name, controls) for name in names]
     if not sampling.greedy and any(config.engine != "specqd" for config in runs):
-        raise GenerationError("openvino-genai configurations run greedy only (its speculative sampling has open "
-                              "bugs): drop them from --configs or sample without them")
+        raise GenerationError("openvino-genai and llama.cpp configurations run greedy only (genai's speculative "
+                              "sampling has open bugs): drop them from --configs or sample without them")
     settings = {"export": str(folder.path), "configs": names, "prompts": prompts, "max_new_tokens": max_new_tokens,
                 "sampling": asdict(sampling)}
     log = Journal(journal, settings) if journal else None
@@ -202,7 +270,6 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
            sampling: Sampling) -> dict:
     baseline = runs[0]
     base_speed = baseline.tokens_per_second
-    sizes = {level.name: level.bytes for level in folder.manifest.levels}
     configs = []
     for config in runs:
         speed = config.tokens_per_second
@@ -217,7 +284,8 @@ def report(folder: ExportFolder, runs: list[ConfigRun], prompts: list[str], max_
             "agreement": round(agreement(config.outputs, baseline.outputs), 4),
             "mean_accepted_length": round(sum(map(len, config.outputs)) / max(1, config.target_passes), 3),
             "levels": levels,
-            "weights_bytes": {name: sizes[name] for name in config.chain if name in sizes},
+            "weights_bytes": config.weights,
+            "lossy": config.lossy,
             "f32_exact": config.f32_exact,
             "tokens_by_prompt": [len(tokens) for tokens in config.outputs],
             "seconds_by_prompt": [round(seconds, 3) for seconds in config.prompt_seconds],
@@ -285,7 +353,8 @@ def markdown(result: dict) -> str:
         exact = {True: "yes", False: "NO", None: "-"}[config["f32_exact"]]
         length = config["mean_accepted_length"]
         low, high = config["speedup_interval"]
-        lines.append(f"| {config['name']} | {config['engine']} | {config['tokens_per_second']:.2f} | "
+        name = f"{config['name']} (LOSSY)" if config["lossy"] else config["name"]
+        lines.append(f"| {name} | {config['engine']} | {config['tokens_per_second']:.2f} | "
                      f"{config['speedup']:.2f}x ({low:.2f}-{high:.2f}) | {config['agreement']:.3f} | {length or '-'} | {acceptance or '-'} | "
                      f"{weights:.2f} | {exact} |")
     return "\n".join(lines)
@@ -299,11 +368,12 @@ def bar_chart(result: dict, path: Path) -> None:
 
     configs = result["configs"]
     figure, axis = plt.subplots(figsize=(8, 0.35 * len(configs) + 1.2))
-    colors = ["tab:blue" if c["engine"] == "specqd" else "tab:orange" for c in configs]
-    axis.barh([c["name"] for c in configs], [c["speedup"] for c in configs], color=colors)
+    colors = [{"specqd": "tab:blue", "openvino-genai": "tab:orange"}.get(c["engine"], "tab:green") for c in configs]
+    axis.barh([f"{c['name']} (LOSSY)" if c["lossy"] else c["name"] for c in configs], [c["speedup"] for c in configs],
+              color=colors)
     axis.axvline(1.0, color="black", linewidth=0.8)
     axis.invert_yaxis()
-    axis.set_xlabel("speedup over our BF16 target alone\n(blue: specqd, orange: openvino-genai)")
+    axis.set_xlabel("speedup over our BF16 target alone\n(blue: specqd, orange: openvino-genai, green: llama.cpp)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
