@@ -185,17 +185,24 @@ class Chain:
         return len(generation.prompt_ids) - len(generation.job.sequences[self.target.name].cached)
 
     def read_prompt(self, generation: Generation, tokens: int) -> None:
-        """Read up to `tokens` more prompt tokens into the caches of the target and of every draft model that
-        reads the prompt itself (not the target's copies, which take its cache), emitting nothing.
+        """Read up to `tokens` more prompt tokens into the target's cache, emitting nothing.
 
         A server reads a long prompt this way, one chunk between two steps of the running requests, so that
         they do not stall for a whole prompt read. The last prompt token is left for `step`, which samples.
+        Draft models are not read into: a drafter reads the context when its request first drafts, which a
+        request in a full batch may never do.
         """
-        upto = min(len(generation.prompt_ids) - 1, len(generation.job.sequences[self.target.name].cached) + tokens)
-        for level in self.model_levels:
-            sequence = generation.job.sequences[level.name]
-            if level not in self.prompt_sharers and upto > len(sequence.cached):
-                level.model.run([(sequence, generation.prompt_ids[:upto], 1)])
+        sequence = generation.job.sequences[self.target.name]
+        upto = min(len(generation.prompt_ids) - 1, len(sequence.cached) + tokens)
+        if upto > len(sequence.cached):
+            self.target.model.run([(sequence, generation.prompt_ids[:upto], 1)])
+
+    def draft_lag(self, generation: Generation) -> int:
+        """Context tokens the first drafting model has not read: what its next proposal must read first."""
+        if len(self.names) == 1 or self.names[1] == LOOKUP:
+            return 0
+        cached = generation.job.sequences[self.names[1]].cached
+        return len(generation.prompt_ids) + len(generation.generated) - len(cached)
 
     def release(self, generation: Generation) -> None:
         """Free the generation's cache blocks in every level."""

@@ -2,21 +2,29 @@
 batched decoding.
 
 Alone, a request gains from long drafts because the target's step is flat in tokens. In a batch the target's
-pass already carries every request's tokens, so its cost t(n) rises with n = requests x (k + 1), and a round
-of drafting costs k passes of the draft over all the requests. With acceptance rate a, a request keeps
-1 + a + ... + a^k tokens per round; the engine picks the k (0 = no drafting) with the most tokens per
-second, from step times t(n) measured on this machine and the acceptance measured so far.
+pass already carries every request's tokens, so its cost t(n) rises with the tokens the drafting requests add,
+and a round of drafting costs k passes of the draft over the requests that draft. With acceptance rate a, a
+drafting request keeps 1 + a + ... + a^k tokens per round; the engine picks the k (0 = no drafting) with the
+most tokens per second for the whole batch, from step times t(n) measured on this machine and the acceptance
+measured so far.
 
-What a drafted token costs is learned from the rounds themselves, per batch size, because a pass of the
+What a drafted token costs is learned from the rounds themselves, per number of drafting requests, because a pass of the
 drafter's model per token is only an estimate: a drafter that is itself a speculative chain (an INT4 copy
 drafted for by a 0.5B model) may make several tokens per pass, confidence stops end drafts early, and each
-pass carries Python work. Before a batch size has been seen, that estimate stands in. A batch size that stopped
-drafting measures nothing more, so its learned cost drifts back toward the estimate round by round until
+pass carries Python work. Before a number of drafting requests has been seen, that estimate stands in. One
+that stopped drafting measures nothing more, so its learned cost drifts back toward the estimate round by round until
 drafting is tried again: one costly round (a load that has passed, a draft cut short after one token) must
 not switch speculation off for good.
+
+A request's drafter reads its context only when the request first drafts (its prompt, and whatever it generated
+while it did not draft): at a full batch of short answers that read costs more than speculation would save, so
+such a request never drafts and costs exactly what plain batched decoding costs. It drafts only when its share
+of the time speculation would save the batch over its remaining tokens repays its drafter's catch-up read.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ..runtime.tools.tune import step
 
@@ -24,6 +32,21 @@ PRIOR_ACCEPTED, PRIOR_DRAFTED = 7, 10   # acceptance 0.7 until measurements outw
 SMOOTHING = 0.2                         # weight of the newest round in the drafting cost's running average
 RELAXING = 0.05                         # pull toward the estimate per round without drafting (~14 rounds halve
                                         # the gap)
+UNBOUNDED = 1 << 30
+
+
+@dataclass
+class Ask:
+    """One running request, as the round's drafting decision sees it."""
+    most: int                   # its own draft length
+    accepted: int               # draft tokens accepted so far (its own and its chain's finished requests')
+    drafted: int                # of so many drafted
+    remaining: int = UNBOUNDED  # tokens it may still generate
+    lag: int = 0                # context tokens its drafter has not read yet
+
+    @property
+    def rate(self) -> float:
+        return (self.accepted + PRIOR_ACCEPTED) / (self.drafted + PRIOR_DRAFTED)
 
 
 class DraftBudget:
@@ -31,35 +54,79 @@ class DraftBudget:
         """`draft_ms` is None for a drafter without a model (prompt lookup), whose proposals cost nothing."""
         self.target_ms = target_ms
         self.draft_ms = draft_ms
-        self.draft_ms_per_token: dict[int, float] = {}   # by requests in the batch: measured drafting cost
+        self.draft_ms_per_token: dict[int, float] = {}   # by drafting requests: measured drafting cost
+        self.catch_up_ms_per_token: float | None = None   # measured: what a drafter's context read costs
 
-    def observe(self, requests: int, drafting_ms: float, positions: int) -> None:
-        """A round drafted up to `positions` tokens per request for `requests` requests in `drafting_ms`
-        (0 positions: a round without drafting)."""
-        known = self.draft_ms_per_token.get(requests)
+    def observe(self, drafting: int, drafting_ms: float, positions: int) -> None:
+        """A round drafted up to `positions` tokens for each of `drafting` requests in `drafting_ms`. A round
+        without drafting (0 positions) pulls every learned cost toward its estimate."""
         if positions > 0:
+            known = self.draft_ms_per_token.get(drafting)
             cost = drafting_ms / positions
-            self.draft_ms_per_token[requests] = cost if known is None else known + SMOOTHING * (cost - known)
-        elif known is not None and self.draft_ms:
-            self.draft_ms_per_token[requests] = known + RELAXING * (_ms(self.draft_ms, requests) - known)
+            self.draft_ms_per_token[drafting] = cost if known is None else known + SMOOTHING * (cost - known)
+        elif self.draft_ms:
+            for count, known in self.draft_ms_per_token.items():
+                self.draft_ms_per_token[count] = known + RELAXING * (_ms(self.draft_ms, count) - known)
 
-    def best_k(self, requests: int, most: int, accepted: int, drafted: int) -> int:
-        """The draft length (0..most) with the most tokens per second for `requests` requests at the measured
-        acceptance (`accepted` of `drafted` tokens so far)."""
-        rate = (accepted + PRIOR_ACCEPTED) / (drafted + PRIOR_DRAFTED)
-        speeds = [(requests * self.expected_tokens(k, rate) / self.round_ms(requests, k), k) for k in range(most + 1)]
-        return max(speeds)[1]
+    def observe_catch_up(self, drafting: int, drafting_ms: float, positions: int, lag: int) -> None:
+        """A round in which drafters also read `lag` context tokens: what it cost beyond its drafting."""
+        if lag <= 0:
+            return
+        cost = max(0.0, drafting_ms - positions * self._draft_token_ms(drafting)) / lag
+        known = self.catch_up_ms_per_token
+        self.catch_up_ms_per_token = cost if known is None else known + SMOOTHING * (cost - known)
 
-    def round_ms(self, requests: int, k: int) -> float:
-        if not self.draft_ms:
-            drafting = 0.0
-        else:
-            drafting = k * self.draft_ms_per_token.get(requests, _ms(self.draft_ms, requests))
-        return _ms(self.target_ms, requests * (k + 1)) + drafting
+    def caps(self, asks: list[Ask]) -> list[int]:
+        """Each request's draft length this round (0: it does not draft): for one common k, every request
+        drafts up to its own length if that repays its drafter's catch-up; the k whose round makes the most
+        tokens per second wins, against not drafting at all."""
+        plain_ms = self.round_ms(len(asks), [])
+        best_speed, best = len(asks) / plain_ms, [0] * len(asks)
+        for k in range(1, max(ask.most for ask in asks) + 1):
+            caps = [min(k, ask.most) if self._repays(ask, len(asks), min(k, ask.most), plain_ms) else 0
+                    for ask in asks]
+            drafting = [(cap, ask) for cap, ask in zip(caps, asks) if cap]
+            if not drafting:
+                continue
+            tokens = len(asks) + sum(expected_tokens(cap, ask.rate) - 1 for cap, ask in drafting)
+            speed = tokens / self.round_ms(len(asks), [cap for cap, _ in drafting])
+            if speed > best_speed:
+                best_speed, best = speed, caps
+        return best
 
-    @staticmethod
-    def expected_tokens(k: int, rate: float) -> float:
-        return sum(rate ** i for i in range(k + 1))
+    def round_ms(self, requests: int, caps: list[int]) -> float:
+        """A round of `requests` requests of which some draft `caps` tokens: the target's pass over every
+        request's tokens, and the drafter's passes over the drafting requests."""
+        target = _ms(self.target_ms, requests + sum(caps))
+        if not self.draft_ms or not caps:
+            return target
+        return target + max(caps) * self._draft_token_ms(len(caps))
+
+    def catch_up_ms(self, lag: int) -> float:
+        """What reading `lag` context tokens adds to the drafter's pass, beyond the one token a round reads:
+        measured once rounds have shown it, else estimated from the drafter's step times."""
+        if not self.draft_ms or lag <= 1:
+            return 0.0
+        if self.catch_up_ms_per_token is not None:
+            return self.catch_up_ms_per_token * lag
+        return _ms(self.draft_ms, lag) - _ms(self.draft_ms, 1)
+
+    def _draft_token_ms(self, drafting: int) -> float:
+        return self.draft_ms_per_token.get(drafting, _ms(self.draft_ms, drafting))
+
+    def _repays(self, ask: Ask, requests: int, k: int, plain_ms: float) -> bool:
+        """Whether the request's share of what drafting k tokens would save the batch (all drafting) over its
+        remaining tokens is worth its drafter's catch-up read."""
+        catch_up = self.catch_up_ms(ask.lag)
+        if catch_up == 0:
+            return True
+        per_token_ms = self.round_ms(requests, [k] * requests) / expected_tokens(k, ask.rate)
+        return ask.remaining * (plain_ms - per_token_ms) / requests >= catch_up
+
+
+def expected_tokens(k: int, rate: float) -> float:
+    """Tokens a round keeps from a k-token draft at acceptance rate `rate`, the target's own included."""
+    return sum(rate ** i for i in range(k + 1))
 
 
 def _ms(times: dict[int, float], n: int) -> float:

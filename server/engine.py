@@ -25,12 +25,13 @@ from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder
 from ..runtime.sampling import Sampling
 from ..runtime.speculative import DraftControls
-from .budget import DraftBudget
+from .budget import Ask, DraftBudget
 from .metrics import Metrics
 
 log = logging.getLogger("specqd.server")
 STEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)  # tokens per pass at which the budget measures step times
 MARGIN_TOKENS = 64                           # KV room a request may use beyond prompt + max_tokens (drafts)
+CATCHING_UP = 4                              # a drafter this many context tokens behind reads more than a round's
 
 
 class QueueFull(RuntimeError):
@@ -89,6 +90,7 @@ class Engine:
         self._chains: dict[tuple[str, ...], Chain] = {}
         self._budgets: dict[tuple[str, ...], DraftBudget] = {}
         self._accepted: dict[tuple[str, ...], list[int]] = {}  # per chain: [accepted, drafted] of finished requests
+        self._warmed: set[str] = set()                        # levels that have run their first passes
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="specqd-engine", daemon=True)
@@ -124,6 +126,7 @@ class Engine:
         """The chain's levels over the folder's shared models, built (and its step times measured) once."""
         if names not in self._chains:
             chain = Chain(self.folder, list(names))
+            self._warm(chain)
             if self.config.draft_budget:
                 self._budgets[names] = self._measure_budget(chain)
                 self.metrics.levels_ran(chain, count=False)
@@ -196,8 +199,9 @@ class Engine:
             chain = self._chains[names]
             had = [len(work.generation.generated) for work in batch]
             with self._failing(batch, "generating"):  # one pass holds them all: a fault cannot be pinned on one
-                with self._timing_drafts(names, batch):
-                    chain.step([work.generation for work in batch], self._caps(names, batch))
+                caps = self._caps(names, batch)
+                with self._timing_drafts(names, batch, caps):
+                    chain.step([work.generation for work in batch], caps)
                 self.metrics.levels_ran(chain)
                 for work, count in zip(batch, had):
                     self._deliver(work, len(work.generation.generated) - count)
@@ -208,30 +212,40 @@ class Engine:
         if len(names) == 1 or not self.config.draft_budget:
             return None
         accepted, drafted = self._accepted[names]
-        caps = []
+        chain = self._chains[names]
+        asks = []
         for work in batch:
-            stats = work.generation.job.stats[names[1]]
-            caps.append(self._budgets[names].best_k(len(batch), work.generation.job.k[names[1]],
-                                                    accepted + stats.accepted, drafted + stats.drafted))
-        return caps
+            generation = work.generation
+            stats = generation.job.stats[names[1]]
+            asks.append(Ask(generation.job.k[names[1]], accepted + stats.accepted, drafted + stats.drafted,
+                            remaining=generation.max_new_tokens - len(generation.generated),
+                            lag=chain.draft_lag(generation)))
+        return self._budgets[names].caps(asks)
 
     @contextmanager
-    def _timing_drafts(self, names: tuple[str, ...], batch: list[Work]):
+    def _timing_drafts(self, names: tuple[str, ...], batch: list[Work], caps: list[int | None] | None):
         """Tell the draft budget what this round's drafting cost: the round's time beside the target's pass.
-        A round in which a request starts is not told: its drafter reads that request's whole prompt, a cost
-        paid once per request, not per drafted token."""
+        A round in which a drafter catches up on a request's context (its prompt, or what it generated without
+        drafting) tells what that read cost instead: it is paid once, not per drafted token."""
         budget = self._budgets.get(names)
-        if budget is None or len(names) == 1 or any(not work.generation.generated for work in batch):
+        if budget is None or len(names) == 1:
             yield
             return
+        chain = self._chains[names]
+        drafting = sum(1 for cap in caps if cap)
+        lag = sum(chain.draft_lag(work.generation) for work, cap in zip(batch, caps) if cap)
+        catching_up = any(cap and chain.draft_lag(work.generation) > CATCHING_UP for work, cap in zip(batch, caps))
         jobs = [work.generation.job for work in batch]
         target_seconds = jobs[0].stats[names[0]].seconds
         drafted = [job.stats[names[1]].drafted for job in jobs]
         started = time.perf_counter()
         yield
-        drafting = time.perf_counter() - started - (jobs[0].stats[names[0]].seconds - target_seconds)
+        ms = 1000 * (time.perf_counter() - started - (jobs[0].stats[names[0]].seconds - target_seconds))
         positions = max(job.stats[names[1]].drafted - before for job, before in zip(jobs, drafted))
-        budget.observe(len(batch), drafting * 1000, positions)
+        if catching_up:
+            budget.observe_catch_up(drafting, ms, positions, lag)
+        else:
+            budget.observe(drafting, ms, positions)
 
     def _deliver(self, work: Work, new_tokens: int) -> None:
         generation = work.generation
@@ -274,6 +288,18 @@ class Engine:
         self._chains[work.chain].release(work.generation)
         self.running.remove(work)
         self.metrics.released(work, self._chains[work.chain])
+
+    def _warm(self, chain: Chain) -> None:
+        """Run each new level once on a real-sized prompt: a compiled model's first passes allocate its memory
+        and create its kernels (the real 0.5B draft's first round cost 2.4 s more than later ones), which would
+        otherwise fall on the first requests."""
+        prompt = self.folder.encode("def quick_sort(values: list[int]) -> list[int]:\n" * 8)
+        for level in chain.model_levels:
+            if level.name not in self._warmed:
+                level.model.logits(prompt, 1)
+                level.model.logits(prompt + prompt[:4], 4)
+                level.model.reset()
+                self._warmed.add(level.name)
 
     def _measure_budget(self, chain: Chain) -> DraftBudget:
         """Step times of the chain's top two levels by tokens per pass: `specqd tune`'s when it measured up to
