@@ -127,6 +127,8 @@ def add_levels(export_dir: Path, base: str, sizes: list[int], corpus: token_freq
     if base_level.vocabulary:
         raise ExportError(f"{base} already has a reduced vocabulary; reduce its full-vocabulary level instead")
     base_dir = export_dir / base_level.path
+    if not (base_dir / ir.MODEL_XML).is_file():
+        raise ExportError(f"{base} is not an OpenVINO IR level (no {ir.MODEL_XML}): only IR levels can be reduced")
     names = [level_name(base, size) for size in sizes]
     existing = {level.name for level in manifest.levels}
     if not force and set(names) & existing:

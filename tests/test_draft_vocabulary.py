@@ -12,6 +12,7 @@ from test_runtime import PROMPTS, draw_pairs, same_distribution_p_value, tokens
 
 from specqd.exporter import reduced_vocabulary, token_frequency
 from specqd.exporter.errors import ExportError
+from specqd.exporter.export import ExportOptions, export
 from specqd.runtime.manifest import Manifest
 from specqd.runtime.pipeline import ExportFolder, GenerationError, Pipeline
 
@@ -138,3 +139,29 @@ def test_counts_use_the_models_tokenizer_and_are_cached(tiny_export, tiny_corpus
     assert counts.sum() > 1000 and len(list(tmp_path.iterdir())) == 1
     monkeypatch.setattr("tokenizers.Tokenizer.from_file", lambda *_: pytest.fail("counted again"))
     np.testing.assert_array_equal(token_frequency.count(tokenizer, tiny_corpus, 512, cache=tmp_path), counts)
+
+
+def test_tune_weighs_reduced_levels_as_drafts_like_any_other(tiny_export, tiny_corpus, tmp_path):
+    from specqd.runtime import cli
+
+    copy = shutil.copytree(tiny_export, tmp_path / "copy")
+    reduced_vocabulary.add_levels(copy, "draft", [SIZE], tiny_corpus, cache=tmp_path / "counts")
+    assert cli.main(["tune", str(copy), "--prompts", "humaneval:0-0", "--max-new-tokens", "12"]) == 0
+    tuned = Manifest.read(copy).tuned
+    assert "target>draft-v64" in tuned["agreement"] and "target,draft-v64,lookup" in tuned["k_by_chain"]
+    assert all(chain.startswith("target,") for chain in tuned["k_by_chain"])
+
+
+def test_export_writes_reduced_copies_of_every_draft_level(tiny_target, tiny_draft, tiny_corpus, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setattr(token_frequency.Corpus, "installed", lambda *_, **__: tiny_corpus)
+    monkeypatch.setenv("SPECQD_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "export"
+    manifest = export(ExportOptions(model=str(tiny_target), out_dir=out, drafts=[str(tiny_draft)], formats=[],
+                                    draft_formats=["bf16", "int8"], draft_vocabulary=[SIZE, 128]))
+    assert [level.name for level in manifest.levels] == ["target", "draft", "draft-int8", "draft-v64", "draft-v128",
+                                                         "draft-int8-v64", "draft-int8-v128"]
+    assert [level.name for level in Manifest.read(out).levels] == [level.name for level in manifest.levels]
+    assert tokens(out, "target,draft-int8-v64,draft-v128", PROMPTS[0]) == tokens(out, "target", PROMPTS[0])
+    with pytest.raises(ExportError, match="--draft-vocabulary reduces the levels of a --draft model"):
+        export(ExportOptions(model=str(tiny_target), out_dir=tmp_path / "none", draft_vocabulary=[SIZE]))
