@@ -48,7 +48,7 @@ def restrict_lm_head(model, ids: np.ndarray) -> None:
     import openvino as ov
     from openvino import op
 
-    lm_head = _lm_head(model)
+    lm_head = find_lm_head(model)
     vocabulary = lm_head.get_output_partial_shape(0)[-1].get_length()
     if not lm_head.get_attributes().get("transpose_b"):
         raise ExportError("the lm_head's weight is not stored [vocabulary, hidden] (transpose_b): cannot slice rows")
@@ -85,7 +85,8 @@ def restrict_lm_head(model, ids: np.ndarray) -> None:
         raise ExportError("slicing the lm_head's weights did not shrink its output: unexpected weight subgraph")
 
 
-def _lm_head(model):
+def find_lm_head(model):
+    """The MatMul whose output is the logits."""
     logits = next(output for output in model.outputs if "logits" in output.get_names())
     node = logits.get_node()
     node = node.input_value(0).get_node() if node.get_type_name() == "Result" else node

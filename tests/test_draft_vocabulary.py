@@ -37,7 +37,7 @@ def reduced_export(tiny_export, tiny_corpus, tmp_path_factory) -> Path:
 
 def weight_path(model: ov.Model) -> list[tuple[str, str]]:
     """Type and element type of every node feeding the lm_head's weight, in walk order."""
-    nodes, stack = [], [reduced_vocabulary._lm_head(model).input_value(1).get_node()]
+    nodes, stack = [], [reduced_vocabulary.find_lm_head(model).input_value(1).get_node()]
     while stack:
         node = stack.pop()
         nodes.append((node.get_type_name(), str(node.get_output_element_type(0))))
