@@ -15,6 +15,7 @@ from specqd.runtime.mxfp4_kernel import OPENVINO_KERNEL, SPECQD_KERNEL, Kernel
 from . import ir
 from .errors import ExportError
 from .export import EMBEDDING_CHOICES, OUTPUT_CHOICES, ExportOptions, export
+from .reduce_cli import sizes
 
 
 def _formats(text: str) -> list[str]:
@@ -46,10 +47,14 @@ def parse_args(argv: list[str] | None) -> ExportOptions:
                         help="onnx: also write each mxfp4 and int4_sym level as an ONNX level <level>-onnx (MXFP4: "
                              "FLOAT4E2M1 weights, FLOAT8E8M0 scales, run by OpenVINO, not yet by onnxruntime; INT4: "
                              "run by both; see docs/onnx.md)")
+    parser.add_argument("--draft-vocabulary", type=sizes, default=[], metavar="N[,N]",
+                        help="also write copies of every draft level whose lm_head keeps only the N most frequent "
+                             "tokens, one level <level>-v<N/1024>k per size (see docs/draft-vocabulary.md)")
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     args = parser.parse_args(argv)
     return ExportOptions(model=args.model, out_dir=args.out_dir, drafts=args.draft, formats=args.format,
-                         draft_formats=args.draft_format, embeddings=args.embeddings, to=args.to, force=args.force)
+                         draft_formats=args.draft_format, embeddings=args.embeddings, to=args.to,
+                         draft_vocabulary=args.draft_vocabulary, force=args.force)
 
 
 def summary_table(manifest: Manifest, kernel: Kernel) -> str:

@@ -14,7 +14,7 @@ from typing import Iterator
 from specqd.models.cache import say
 from specqd.runtime.manifest import Level, Manifest
 
-from . import ir, onnx_source, sources, vocabulary
+from . import ir, onnx_source, reduced_vocabulary, sources, vocabulary
 from .errors import ExportError
 
 EMBEDDING_CHOICES = ("bf16", "quantized")
@@ -38,6 +38,9 @@ class ExportOptions:
     embeddings: str = "quantized"
     # "onnx": also write each ONNX_FORMATS level as an ONNX level "<level>-onnx" (onnx_output.py).
     to: str = "ir"
+    # Sizes of reduced-vocabulary copies of every level of each --draft model: "<level>-v<N/1024>k" each
+    # (reduced_vocabulary.py; the target's levels keep the whole vocabulary).
+    draft_vocabulary: list[int] = field(default_factory=list)
     force: bool = False
 
     def validate(self) -> None:
@@ -59,6 +62,8 @@ class ExportOptions:
             onnx_source.require_onnx("--to onnx")
         if len(set(self.formats)) != len(self.formats) or len(set(self.draft_formats)) != len(self.draft_formats):
             raise ExportError("--format and --draft-format must not repeat a format")
+        if self.draft_vocabulary and not self.drafts:
+            raise ExportError("--draft-vocabulary reduces the levels of a --draft model: add one")
         if self.out_dir.exists() and not self.force:
             raise ExportError(f"{self.out_dir}: already exists; pass --force to replace it")
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -87,6 +92,9 @@ def export(options: ExportOptions) -> Manifest:
                                     options.draft_formats, options.embeddings, options.to)
         manifest = Manifest(levels=levels, tools=_tool_versions())
         manifest.write(scratch)
+        if options.draft_vocabulary:
+            for level in [level for level in levels if level.name.startswith("draft") and "-onnx" not in level.name]:
+                manifest.levels += reduced_vocabulary.add_levels(scratch, level.name, options.draft_vocabulary)
     return manifest
 
 

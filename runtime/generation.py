@@ -228,6 +228,10 @@ def check_chain(manifest, chain: list[str]) -> None:
     if LOOKUP in chain[:-1]:
         raise GenerationError(f"chain {','.join(chain)}: '{LOOKUP}' drafts without a model, so it must come last")
     models = [manifest.level(name) for name in chain if name != LOOKUP]  # raises for unknown names
+    if models[0].vocabulary:
+        raise GenerationError(f"chain {','.join(chain)}: {models[0].name} has a reduced vocabulary "
+                              f"({models[0].vocabulary} tokens): it can only draft for a level above it, never be "
+                              "the top of a chain")
     for level in models[1:]:
         if level.tokenizer_sha256 != models[0].tokenizer_sha256:
             raise GenerationError(f"levels {models[0].name} and {level.name} have different tokenizers; a draft must "

@@ -22,6 +22,7 @@ from openvino._offline_transformations import paged_attention_transformation
 
 from . import onnx_level
 from .mxfp4_kernel import Kernel
+from .vocabulary_map import VocabularyMap
 
 PRECISIONS = ("bf16", "f32")
 BLOCK = 32               # tokens per KV block: the only size OpenVINO's CPU plugin accepts
@@ -52,7 +53,7 @@ class Sequence:
 
 class KVModel:
     def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0,
-                 max_blocks: int | None = None):
+                 max_blocks: int | None = None, vocabulary: VocabularyMap | None = None):
         if onnx_level.is_onnx_level(folder):
             ir = onnx_level.read(core, folder, precision, kernel)
         else:
@@ -61,6 +62,7 @@ class KVModel:
         paged_attention_transformation(ir.model)
         self.compiled = core.compile_model(_logits_for_chosen_positions(ir.model), "CPU", cpu_config(precision, threads))
         self._weights = ir.weights
+        self.vocabulary = vocabulary         # a reduced-vocabulary level: its logits go back to full-vocabulary ids
         self.request = self.compiled.create_infer_request()
         self._caches = [port for port in self.compiled.inputs if port.get_any_name().startswith(("key_cache.", "value_cache."))]
         self.max_blocks = max_blocks         # None: the pool grows as long as memory lasts
@@ -116,6 +118,8 @@ class KVModel:
         self.tokens_computed += len(news)
         self.passes += 1
         logits = self.request.get_tensor("logits").data[:, 0].astype(np.float32)
+        if self.vocabulary is not None:
+            logits = self.vocabulary.expand(logits)
         ends = np.cumsum([last for _, _, last in batch])
         return np.split(logits, ends[:-1])
 

@@ -32,6 +32,10 @@ class Level:
     tokenizer_sha256: str  # fingerprint of vocabulary, merges and special tokens; equal across levels
     embeddings: str        # "bf16" when embedding and lm_head stay BF16, else the level's format
     export_seconds: float  # time to make this folder (a quantized level: its quantization only)
+    # A draft level whose lm_head keeps only the N most frequent tokens (exporter/reduced_vocabulary.py): N, and
+    # the file in its folder listing the full-vocabulary id of each of its N logits. None: the whole vocabulary.
+    vocabulary: int | None = None
+    vocabulary_ids: str | None = None
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .mxfp4_kernel import Kernel
 from .manifest import Manifest, ManifestError
 from .sampling import Sampling
 from .speculative import DraftControls, LevelStats
+from .vocabulary_map import VocabularyMap
 
 
 @dataclass
@@ -90,9 +91,11 @@ class ExportFolder:
         if self.closed:
             raise GenerationError(f"{self.path} was closed; open it again to generate")
         if name not in self._models:
-            level_dir = self.path / self.manifest.level(name).path
+            level = self.manifest.level(name)
+            level_dir = self.path / level.path
+            vocabulary = VocabularyMap.read(level_dir, level.vocabulary_ids) if level.vocabulary_ids else None
             self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads,
-                                         self.max_blocks)
+                                         self.max_blocks, vocabulary)
         return self._models[name]
 
     def loaded_models(self) -> dict[str, KVModel]:
