@@ -52,10 +52,18 @@ def ours(folder: ExportFolder, context: list[int], extra: dict, repeats: int) ->
 
 
 def llama(bench: Path, gguf: Path, repeats: int) -> dict[int, float]:
-    out = subprocess.run([str(bench), "-m", str(gguf), "-t", "2", "-p", ",".join(map(str, SIZES)), "-n", "0",
-                          "-d", str(CONTEXT), "-r", str(repeats), "-o", "json"], check=True, capture_output=True,
-                         text=True).stdout
-    return {row["n_prompt"]: 1000 * row["n_prompt"] / row["avg_ts"] for row in json.loads(out)}
+    """llama-bench at depth CONTEXT: its generation test for n = 1 (one token per pass, as decoding runs), its
+    prompt test for n > 1 (one pass over n tokens)."""
+    out = subprocess.run([str(bench), "-m", str(gguf), "-t", "2", "-p", ",".join(str(n) for n in SIZES if n > 1),
+                          "-n", "16", "-d", str(CONTEXT), "-r", str(repeats), "-o", "json"], check=True,
+                         capture_output=True, text=True).stdout
+    times = {}
+    for row in json.loads(out):
+        if row["n_prompt"]:  # one pass over n_prompt tokens
+            times[row["n_prompt"]] = 1000 * row["n_prompt"] / row["avg_ts"]
+        else:                # n_gen passes of one token each
+            times[1] = 1000 / row["avg_ts"]
+    return times
 
 
 def genai_step(export: Path, context: list[int]) -> float:
