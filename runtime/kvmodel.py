@@ -100,9 +100,10 @@ class KVModel:
         self.solo.computed = 0
 
     def warm_up(self) -> None:
-        """Run the costly first pass now (on a few arbitrary tokens), so that the first real one runs at speed."""
-        self.logits(list(range(WARM_UP_TOKENS)), 1)
-        self.reset()
+        """Run the costly first pass now (on a few arbitrary tokens) unless it ran, so that the next runs at speed."""
+        if self.passes == 0:
+            self.logits(list(range(WARM_UP_TOKENS)), 1)
+            self.reset()
 
     # Many sequences in one pass.
     def run(self, batch: list[tuple[Sequence, list[int], int]]) -> list[np.ndarray]:

@@ -157,8 +157,8 @@ class ExportFolder:
                  background: bool = False) -> "Pipeline":
         """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft".
 
-        `background`: return once the target is compiled, and load the draft levels on a background thread;
-        the target generates alone until they are all loaded, then they join (see Chain).
+        `background`: return once the target is compiled and warmed up, and load the draft levels on a
+        background thread; the target generates alone until they are all loaded, then they join (see Chain).
         """
         names = chain.split(",") if isinstance(chain, str) else chain
         return Pipeline(self, names or default_chain(self.manifest), controls or {}, background)
@@ -243,8 +243,8 @@ class Pipeline:
              threads: int = 0, background: bool = False) -> "Pipeline":
         """One chain of one export folder; see ExportFolder to run several chains on shared models.
 
-        `background`: return once the target is compiled and load the draft levels in the background; they
-        join when all are ready. An app shows its first answer seconds earlier (README "Footprint"); until
+        `background`: return once the target is compiled and warmed up, and load the draft levels in the
+        background; they join when all are ready. An app shows its first answer seconds earlier (README "Footprint"); until
         they join the target generates alone, which changes speed, not what it generates (every token is the
         target's). A seeded sample waits for them, so that the seed reproduces it.
         """

@@ -53,7 +53,7 @@ def test_background_levels_are_compiled_and_warmed_up_with_their_load_times(tiny
         times = models[name].load_times
         assert times.compile > 0 and times.warm_up > 0, name
         assert models[name].blocks_used == 0  # the warm-up pass gave its blocks back
-    assert models["target"].load_times.warm_up == 0  # the target's first pass is the first prompt's read
+    assert models["target"].load_times.warm_up > 0  # before the drafts began to load
     opened = pipe.folder.open_times
     assert opened.tokenizers > 0
 
