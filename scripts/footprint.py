@@ -57,10 +57,6 @@ class LevelFootprint:
     first_pass_seconds: float  # OpenVINO's CPU plugin prepares the weights (all cores)
     private_mb: float         # anonymous memory its load and first pass added
 
-    @property
-    def seconds(self) -> float:
-        return self.read_seconds + self.rewrite_seconds + self.compile_seconds + self.first_pass_seconds
-
 
 @dataclass
 class Startup:
@@ -79,7 +75,7 @@ class ChainFootprint:
     startups: list[Startup]
     first_run_seconds: float  # the first 64-token generation with every level loaded (background mode)
     warm_run_seconds: float   # the same generation again
-    rss_peak_mb: float        # peak resident memory (VmHWM), sequential mode
+    rss_peak_mb: float        # peak resident memory (VmHWM), background mode
     private_mb: float         # anonymous resident memory (RssAnon) at the end: what the OS cannot drop and re-read
     file_mb: float            # file-backed resident memory (RssFile): IR pages still mapped, reclaimable
 
