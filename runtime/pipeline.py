@@ -244,9 +244,9 @@ class Pipeline:
         """One chain of one export folder; see ExportFolder to run several chains on shared models.
 
         `background`: return once the target is compiled and warmed up, and load the draft levels in the
-        background; they join when all are ready. An app shows its first answer seconds earlier (README "Footprint"); until
-        they join the target generates alone, which changes speed, not what it generates (every token is the
-        target's). A seeded sample waits for them, so that the seed reproduces it.
+        background; they join when all are ready. An app shows its first answer seconds earlier (README
+        "Footprint"); until they join the target generates alone, which changes speed, not what it generates
+        (every token is the target's). A seeded sample waits for them, so that the seed reproduces it.
         """
         return ExportFolder(folder, precision, threads).pipeline(chain, controls, background)
 
