@@ -83,8 +83,9 @@ class ChatApp(App):
 
 def status_line(stats: dict) -> str:
     """tokens/s, then each draft level's share of accepted tokens (the target's drafters, top down)."""
-    levels = [f"{level['level']} {level['acceptance_rate']:.0%}" for level in stats["levels"][1:]
-              if level["acceptance_rate"] is not None]
+    levels = [f"{level['level']} loading" if level["kernel"] == "loading" else
+              f"{level['level']} {level['acceptance_rate']:.0%}" for level in stats["levels"][1:]
+              if level["kernel"] == "loading" or level["acceptance_rate"] is not None]
     return f"{stats['new_tokens']} tokens, {stats['tokens_per_second']:.1f} tok/s  " + "  ".join(levels)
 
 
@@ -94,7 +95,8 @@ def main() -> None:
     parser.add_argument("--chain", help="levels from the target down (default: what `specqd tune` chose)")
     parser.add_argument("--max-new-tokens", type=int, default=512)
     args = parser.parse_args()
-    with Pipeline.load(args.export, chain=args.chain) as pipe:
+    # The window opens once the target is ready; the draft levels load meanwhile and join when loaded.
+    with Pipeline.load(args.export, chain=args.chain, background=True) as pipe:
         ChatApp(pipe, args.max_new_tokens).run()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -133,27 +134,57 @@ class IncrementalText:
 
 
 class Chain:
-    """One chain's levels, from the target down, built once over an export folder's shared models."""
+    """One chain's levels, from the target down, built once over an export folder's shared models.
 
-    def __init__(self, folder, names: list[str]):
+    With `background`, the chain starts as the target alone, compiled and warmed up first: its first pass
+    would run several times slower beside the drafts' loading, on a CPU of a few cores. Then the draft levels
+    load on the folder's background thread, and join all at once at the start of the first step after the
+    last one is loaded. A draft that joins in the middle of a generation reads what it lacks of the text on
+    its first pass, as after any rollback, and the target still verifies every token.
+    """
+
+    def __init__(self, folder, names: list[str], background: bool = False):
         check_chain(folder.manifest, names)
         self.folder = folder
         self.names = names
+        self._loading: list[Future] = []
+        drafts = [name for name in names[1:] if name != LOOKUP]
+        if background and drafts:
+            self._build(names[:1])
+            self.target.model.warm_up()
+            self._loading = folder.load_in_background(drafts)
+        else:
+            self._build(names)
+
+    def _build(self, names: list[str]) -> None:
         self.levels: list[ModelLevel | PromptLookup] = []
         below = None
         for name in reversed(names):
-            level = PromptLookup() if name == LOOKUP else ModelLevel(name, folder.model(name), below)
+            level = PromptLookup() if name == LOOKUP else ModelLevel(name, self.folder.model(name), below)
             self.levels.insert(0, level)
             below = level
         self.target: ModelLevel = self.levels[0]
         self.prompt_sharers = [level for level in self.levels[1:]
-                               if isinstance(level, ModelLevel) and folder.is_copy_of_target(level.name)]
+                               if isinstance(level, ModelLevel) and self.folder.is_copy_of_target(level.name)]
         self.model_levels = [level for level in self.levels if isinstance(level, ModelLevel)]
+
+    def wait_loaded(self) -> None:
+        """Wait for the levels loading in the background (raises a level's load error); they join at the next
+        step, on the generating thread."""
+        for future in self._loading:
+            future.result()
+
+    def _join_loaded(self) -> None:
+        if self._loading and all(future.done() for future in self._loading):
+            for future in self._loading:
+                future.result()  # a level that failed to load raises here, on the generating thread
+            self._loading = []
+            self._build(self.names)
 
     def start(self, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling, stop: tuple[str, ...],
               controls: dict[str, DraftControls]) -> Generation:
         job = Job(sampling, np.random.default_rng(sampling.seed), controls,
-                  sequences={level.name: Sequence() for level in self.model_levels},
+                  sequences={name: Sequence() for name in self.names if name != LOOKUP},
                   stats={name: LevelStats(name) for name in self.names})
         return Generation(list(prompt_ids), max_new_tokens, tuple(stop), job)
 
@@ -162,6 +193,7 @@ class Chain:
 
         `caps` limits the draft tokens each generation's round verifies (0: no speculation this round).
         """
+        self._join_loaded()
         limits = []
         for generation, cap in zip(generations, caps or [None] * len(generations)):
             limit = generation.max_new_tokens - len(generation.generated)
@@ -210,10 +242,12 @@ class Chain:
             level.model.free(generation.job.sequences[level.name])
 
     def model_stats(self, name: str, job: Job) -> dict:
-        """The matmul kernel a level runs on, and how many tokens it ran through its model (prompt reads included)."""
-        if name == LOOKUP:
-            return {"kernel": "-", "tokens_computed": 0}
-        return {"kernel": self.folder.model(name).kernel, "tokens_computed": job.sequences[name].computed}
+        """The matmul kernel a level runs on, and how many tokens it ran through its model (prompt reads included);
+        "loading" for a level still loading in the background."""
+        level = next((level for level in self.model_levels if level.name == name), None)
+        if level is None:
+            return {"kernel": "-" if name == LOOKUP else "loading", "tokens_computed": 0}
+        return {"kernel": level.model.kernel, "tokens_computed": job.sequences[name].computed}
 
 
 def check_chain(manifest, chain: list[str]) -> None:

@@ -28,6 +28,7 @@ PRECISIONS = ("bf16", "f32")
 BLOCK = 32               # tokens per KV block: the only size OpenVINO's CPU plugin accepts
 FIRST_CAPACITY = 2048    # tokens the cache holds before it first grows
 LOGITS_INDICES = "logits_indices"
+WARM_UP_TOKENS = 8       # a warm-up pass's length: any length makes the CPU plugin prepare every weight
 
 
 class CacheFull(RuntimeError):
@@ -44,6 +45,19 @@ def cpu_config(precision: str, threads: int = 0) -> dict:
 
 
 @dataclass
+class LoadTimes:
+    """Where one level's load time goes, in seconds (scripts/footprint.py reports it per phase).
+
+    compile_model runs on one core; the first pass runs on all of them and costs far more than later passes,
+    because OpenVINO's CPU plugin repacks every weight for its kernels then (outside any node's own time).
+    """
+    read: float = 0.0       # read the IR; an MXFP4 IR is first rewritten for specqd's kernel (mxfp4_kernel)
+    rewrite: float = 0.0    # to paged attention, and the lm_head over chosen rows only
+    compile: float = 0.0    # OpenVINO's compile_model
+    warm_up: float = 0.0    # the first forward pass (0 until warm_up() or a first `run`)
+
+
+@dataclass
 class Sequence:
     """One token sequence's place in a level's cache."""
     cached: list[int] = field(default_factory=list)   # tokens whose keys and values are valid, in order
@@ -53,14 +67,23 @@ class Sequence:
 
 class KVModel:
     def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0,
+<<<<<<< HEAD
                  max_blocks: int | None = None, vocabulary: VocabularyMap | None = None):
+=======
+                 max_blocks: int | None = None):
+        started = time.perf_counter()
+>>>>>>> load
         if onnx_level.is_onnx_level(folder):
             ir = onnx_level.read(core, folder, precision, kernel)
         else:
             ir = kernel.read_model(core, folder / "openvino_model.xml", precision)
         self.kernel = ir.kernel
+        read = time.perf_counter()
         paged_attention_transformation(ir.model)
-        self.compiled = core.compile_model(_logits_for_chosen_positions(ir.model), "CPU", cpu_config(precision, threads))
+        model = _logits_for_chosen_positions(ir.model)
+        rewritten = time.perf_counter()
+        self.compiled = core.compile_model(model, "CPU", cpu_config(precision, threads))
+        self.load_times = LoadTimes(read - started, rewritten - read, time.perf_counter() - rewritten)
         self._weights = ir.weights
         self.vocabulary = vocabulary         # a reduced-vocabulary level: its logits go back to full-vocabulary ids
         self.request = self.compiled.create_infer_request()
@@ -82,6 +105,12 @@ class KVModel:
         self.free(self.solo)
         self.solo.computed = 0
 
+    def warm_up(self) -> None:
+        """Run the costly first pass now (on a few arbitrary tokens) unless it ran, so that the next runs at speed."""
+        if self.passes == 0:
+            self.logits(list(range(WARM_UP_TOKENS)), 1)
+            self.reset()
+
     # Many sequences in one pass.
     def run(self, batch: list[tuple[Sequence, list[int], int]]) -> list[np.ndarray]:
         """One forward pass over every (sequence, tokens, last) entry: the logits at each one's final `last` positions.
@@ -102,6 +131,7 @@ class KVModel:
             block_ids.extend(sequence.blocks[:-(-len(tokens) // BLOCK)])
             block_begins.append(len(block_ids))
         started = time.perf_counter()
+        first = self.passes == 0
         self.request.infer({
             "input_ids": np.array(news, np.int64),
             "position_ids": np.array(positions, np.int64),
@@ -115,6 +145,8 @@ class KVModel:
         for sequence, tokens, _ in batch:
             sequence.cached = list(tokens)
         self.seconds += time.perf_counter() - started
+        if first:
+            self.load_times.warm_up = time.perf_counter() - started
         self.tokens_computed += len(news)
         self.passes += 1
         logits = self.request.get_tensor("logits").data[:, 0].astype(np.float32)

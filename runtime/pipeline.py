@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -41,17 +43,27 @@ class Result:
     levels: list[LevelStats] = field(default_factory=list)  # per level of the chain, from the target down
 
 
+@dataclass
+class OpenTimes:
+    """Where opening an export folder goes, in seconds (scripts/footprint.py reports it)."""
+    manifest: float = 0.0    # specqd.json, and an OpenVINO Core
+    kernel: float = 0.0      # find specqd's MXFP4 kernel library and register it with the Core
+    tokenizers: float = 0.0  # compile the tokenizer and detokenizer IRs
+
+
 class ExportFolder:
     """An export folder opened once: its manifest, tokenizer, and each level's model compiled on first use.
 
     Pipelines for different chains share these models (a benchmark runs many chains side by side without
     compiling the target once per chain); each generation holds its own blocks in every level's KV pool.
+    Levels may also load on a background thread (`load_in_background`) while the target already generates.
     """
 
     def __init__(self, folder: str | Path, precision: str = "bf16", threads: int = 0, mxfp4_kernel: bool = True,
                  max_blocks: int | None = None):
         if precision not in PRECISIONS:
             raise GenerationError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        started = time.perf_counter()
         self.path = Path(folder)
         self.manifest = Manifest.read(self.path)
         self.precision = precision
@@ -59,24 +71,35 @@ class ExportFolder:
         self.mxfp4_kernel = mxfp4_kernel
         self.max_blocks = max_blocks  # per level's KV block pool (None: grows as needed)
         self.core = ov.Core()
+        read = time.perf_counter()
         # MXFP4 levels run on specqd's kernel when it is built and this CPU has AVX512-BF16 (mxfp4_kernel.py).
         self.kernel = Kernel.find() if mxfp4_kernel else Kernel(None, "turned off")
         self.kernel.register(self.core)
+        found = time.perf_counter()
         target_dir = self.path / self.manifest.level("target").path
         self.tokenizer = self.core.compile_model(target_dir / "openvino_tokenizer.xml", "CPU")
         self.detokenizer = self.core.compile_model(target_dir / "openvino_detokenizer.xml", "CPU")
+        self.open_times = OpenTimes(read - started, found - read, time.perf_counter() - found)
         self._text_lock = threading.Lock()  # a server encodes requests and decodes outputs on two threads
         config = json.loads((target_dir / "config.json").read_text())
         self.context = int(config.get("max_position_embeddings", 32768))
         self.eos_ids = eos_ids(target_dir)
         self.chat_template = ChatTemplate.find(target_dir)
-        self._models: dict[str, KVModel] = {}
+        # Every level loaded or loading, by name: a finished future for one loaded on the caller's thread.
+        self._models: dict[str, Future[KVModel]] = {}
+        self._background: ThreadPoolExecutor | None = None  # made by the first load_in_background
         self.closed = False
 
     def close(self) -> None:
-        """Free every compiled model and KV cache; the folder and its pipelines cannot generate after this."""
-        for model in self._models.values():
-            model.close()
+        """Free every compiled model and KV cache; the folder and its pipelines cannot generate after this.
+
+        A level still loading in the background is waited for (OpenVINO cannot stop a compile), then freed.
+        """
+        if self._background is not None:
+            self._background.shutdown(wait=True, cancel_futures=True)
+        for future in self._models.values():
+            if not future.cancelled() and future.exception() is None:
+                future.result().close()
         self._models.clear()
         self.tokenizer = self.detokenizer = None
         self.closed = True
@@ -88,18 +111,51 @@ class ExportFolder:
         self.close()
 
     def model(self, name: str) -> KVModel:
+        """The level's compiled model: loaded now if it was never asked for, waited for if it is loading."""
         if self.closed:
             raise GenerationError(f"{self.path} was closed; open it again to generate")
         if name not in self._models:
+<<<<<<< HEAD
             level = self.manifest.level(name)
             level_dir = self.path / level.path
             vocabulary = VocabularyMap.read(level_dir, level.vocabulary_ids) if level.vocabulary_ids else None
             self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads,
                                          self.max_blocks, vocabulary)
         return self._models[name]
+=======
+            future: Future[KVModel] = Future()
+            future.set_result(self._load(name))
+            self._models[name] = future
+        return self._models[name].result()
+
+    def load_in_background(self, names: list[str]) -> list[Future[KVModel]]:
+        """Load these levels one after another on a background thread, each compiled and warmed up (its costly
+        first pass run), and return their futures; levels loaded or loading already are not loaded again.
+
+        One thread: compile_model uses one core and a first pass all of them, so on a small CPU more threads
+        would only slow the target, which generates meanwhile.
+        """
+        if self.closed:
+            raise GenerationError(f"{self.path} was closed; open it again to generate")
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, thread_name_prefix="specqd-load")
+        for name in names:
+            if name not in self._models:
+                self._models[name] = self._background.submit(self._load, name, warm_up=True)
+        return [self._models[name] for name in names]
+
+    def _load(self, name: str, warm_up: bool = False) -> KVModel:
+        level_dir = self.path / self.manifest.level(name).path
+        model = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads, self.max_blocks)
+        if warm_up:
+            model.warm_up()
+        return model
+>>>>>>> load
 
     def loaded_models(self) -> dict[str, KVModel]:
-        return dict(self._models)
+        """The levels loaded so far (not those still loading)."""
+        return {name: future.result() for name, future in self._models.items()
+                if future.done() and not future.cancelled() and future.exception() is None}
 
     def is_copy_of_target(self, name: str) -> bool:
         """A level made from the target's own weights (a quantized copy) can take the target's KV cache."""
@@ -107,11 +163,15 @@ class ExportFolder:
                 and self.manifest.level(name).source_sha256 == self.manifest.level("target").source_sha256
                 and self.model(name).shares_cache_layout(self.model("target")))
 
-    def pipeline(self, chain: str | list[str] | None = None,
-                 controls: dict[str, DraftControls] | None = None) -> "Pipeline":
-        """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft"."""
+    def pipeline(self, chain: str | list[str] | None = None, controls: dict[str, DraftControls] | None = None,
+                 background: bool = False) -> "Pipeline":
+        """`chain` lists level names from the target down, e.g. "target,target-mxfp4,draft".
+
+        `background`: return once the target is compiled and warmed up, and load the draft levels on a
+        background thread; the target generates alone until they are all loaded, then they join (see Chain).
+        """
         names = chain.split(",") if isinstance(chain, str) else chain
-        return Pipeline(self, names or default_chain(self.manifest), controls or {})
+        return Pipeline(self, names or default_chain(self.manifest), controls or {}, background)
 
     def default_controls(self, chain: list[str]) -> dict[str, DraftControls]:
         """`specqd tune`'s draft settings for this chain when it searched it; else the built-in defaults."""
@@ -148,12 +208,13 @@ class ExportFolder:
 class Pipeline:
     """One chain generating for one prompt at a time: a batch of one through the same Chain the server runs."""
 
-    def __init__(self, folder: ExportFolder, chain: list[str], controls: dict[str, DraftControls]):
+    def __init__(self, folder: ExportFolder, chain: list[str], controls: dict[str, DraftControls],
+                 background: bool = False):
         for name, control in controls.items():
             control.validate(name)
         self.folder = folder
         self.chain = chain            # level names, from the target down
-        self.runner = Chain(folder, chain)
+        self.runner = Chain(folder, chain, background)
         defaults = folder.default_controls(chain)
         self.controls = {name: controls.get(name) or defaults[name] for name in chain[1:]}
         self.last_result: Result | None = None
@@ -166,6 +227,11 @@ class Pipeline:
         if self._current is None:
             raise GenerationError("nothing has been generated yet")
         return self._current.stats(self.runner)
+
+    def wait_loaded(self) -> None:
+        """Wait until every level of the chain is loaded (Pipeline.load loads the drafts in the background);
+        a level that failed to load raises its error here."""
+        self.runner.wait_loaded()
 
     def cancel(self) -> None:
         """End the generation in progress after its current step (safe to call from any thread)."""
@@ -184,9 +250,15 @@ class Pipeline:
     @classmethod
     def load(cls, folder: str | Path, chain: str | list[str] | None = None,
              controls: dict[str, DraftControls] | None = None, precision: str = "bf16",
-             threads: int = 0) -> "Pipeline":
-        """One chain of one export folder; see ExportFolder to run several chains on shared models."""
-        return ExportFolder(folder, precision, threads).pipeline(chain, controls)
+             threads: int = 0, background: bool = False) -> "Pipeline":
+        """One chain of one export folder; see ExportFolder to run several chains on shared models.
+
+        `background`: return once the target is compiled and warmed up, and load the draft levels in the
+        background; they join when all are ready. An app shows its first answer seconds earlier (README
+        "Footprint"); until they join the target generates alone, which changes speed, not what it generates
+        (every token is the target's). A seeded sample waits for them, so that the seed reproduces it.
+        """
+        return ExportFolder(folder, precision, threads).pipeline(chain, controls, background)
 
     def generate(self, prompt: str, **options) -> Result:
         for _ in self.stream(prompt, **options):
@@ -202,6 +274,8 @@ class Pipeline:
         if self.folder.closed:
             raise GenerationError(f"{self.folder.path} was closed; load the pipeline again to generate")
         text = self.folder.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
+        if sampling.seed is not None:  # the random draws depend on which levels draft
+            self.wait_loaded()
         generation = self.start(self.folder.encode(text) if prompt else [], max_new_tokens, sampling, stop)
         self._cancelled.clear()
         self._current = generation

@@ -90,7 +90,6 @@ class Engine:
         self._chains: dict[tuple[str, ...], Chain] = {}
         self._budgets: dict[tuple[str, ...], DraftBudget] = {}
         self._accepted: dict[tuple[str, ...], list[int]] = {}  # per chain: [accepted, drafted] of finished requests
-        self._warmed: set[str] = set()                        # levels that have run their first passes
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="specqd-engine", daemon=True)
@@ -126,7 +125,8 @@ class Engine:
         """The chain's levels over the folder's shared models, built (and its step times measured) once."""
         if names not in self._chains:
             chain = Chain(self.folder, list(names))
-            self._warm(chain)
+            for level in chain.model_levels:  # the first pass of each is costly; not on the first requests
+                level.model.warm_up()
             if self.config.draft_budget:
                 self._budgets[names] = self._measure_budget(chain)
                 self.metrics.levels_ran(chain, count=False)
@@ -288,18 +288,6 @@ class Engine:
         self._chains[work.chain].release(work.generation)
         self.running.remove(work)
         self.metrics.released(work, self._chains[work.chain])
-
-    def _warm(self, chain: Chain) -> None:
-        """Run each new level once on a real-sized prompt: a compiled model's first passes allocate its memory
-        and create its kernels (the real 0.5B draft's first round cost 2.4 s more than later ones), which would
-        otherwise fall on the first requests."""
-        prompt = self.folder.encode("def quick_sort(values: list[int]) -> list[int]:\n" * 8)
-        for level in chain.model_levels:
-            if level.name not in self._warmed:
-                level.model.logits(prompt, 1)
-                level.model.logits(prompt + prompt[:4], 4)
-                level.model.reset()
-                self._warmed.add(level.name)
 
     def _measure_budget(self, chain: Chain) -> DraftBudget:
         """Step times of the chain's top two levels by tokens per pass: `specqd tune`'s when it measured up to
