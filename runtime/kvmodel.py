@@ -67,12 +67,8 @@ class Sequence:
 
 class KVModel:
     def __init__(self, core: ov.Core, folder: Path, precision: str, kernel: Kernel, threads: int = 0,
-<<<<<<< HEAD
                  max_blocks: int | None = None, vocabulary: VocabularyMap | None = None):
-=======
-                 max_blocks: int | None = None):
         started = time.perf_counter()
->>>>>>> load
         if onnx_level.is_onnx_level(folder):
             ir = onnx_level.read(core, folder, precision, kernel)
         else:

@@ -115,14 +115,6 @@ class ExportFolder:
         if self.closed:
             raise GenerationError(f"{self.path} was closed; open it again to generate")
         if name not in self._models:
-<<<<<<< HEAD
-            level = self.manifest.level(name)
-            level_dir = self.path / level.path
-            vocabulary = VocabularyMap.read(level_dir, level.vocabulary_ids) if level.vocabulary_ids else None
-            self._models[name] = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads,
-                                         self.max_blocks, vocabulary)
-        return self._models[name]
-=======
             future: Future[KVModel] = Future()
             future.set_result(self._load(name))
             self._models[name] = future
@@ -145,12 +137,14 @@ class ExportFolder:
         return [self._models[name] for name in names]
 
     def _load(self, name: str, warm_up: bool = False) -> KVModel:
-        level_dir = self.path / self.manifest.level(name).path
-        model = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads, self.max_blocks)
+        level = self.manifest.level(name)
+        level_dir = self.path / level.path
+        vocabulary = VocabularyMap.read(level_dir, level.vocabulary_ids) if level.vocabulary_ids else None
+        model = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads, self.max_blocks,
+                        vocabulary)
         if warm_up:
             model.warm_up()
         return model
->>>>>>> load
 
     def loaded_models(self) -> dict[str, KVModel]:
         """The levels loaded so far (not those still loading)."""

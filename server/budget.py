@@ -76,15 +76,16 @@ class DraftBudget:
         known = self.catch_up_ms_per_token
         self.catch_up_ms_per_token = cost if known is None else known + SMOOTHING * (cost - known)
 
-    def caps(self, asks: list[Ask]) -> list[int]:
+    def caps(self, asks: list[Ask], coming: int = 0) -> list[int]:
         """Each request's draft length this round (0: it does not draft): for one common k, every request
-        drafts up to its own length if that repays its drafter's catch-up; the k whose round makes the most
-        tokens per second wins, against not drafting at all."""
+        drafts up to its own length if that repays its drafter's catch-up in the batch it will run in (these
+        requests and `coming` more, already admitted or waiting); the k whose round makes the most tokens per
+        second wins, against not drafting at all."""
         plain_ms = self.round_ms(len(asks), [])
         best_speed, best = len(asks) / plain_ms, [0] * len(asks)
+        batch = len(asks) + coming
         for k in range(1, max(ask.most for ask in asks) + 1):
-            caps = [min(k, ask.most) if self._repays(ask, len(asks), min(k, ask.most), plain_ms) else 0
-                    for ask in asks]
+            caps = [min(k, ask.most) if self._repays(ask, batch, min(k, ask.most)) else 0 for ask in asks]
             drafting = [(cap, ask) for cap, ask in zip(caps, asks) if cap]
             if not drafting:
                 continue
@@ -114,14 +115,14 @@ class DraftBudget:
     def _draft_token_ms(self, drafting: int) -> float:
         return self.draft_ms_per_token.get(drafting, _ms(self.draft_ms, drafting))
 
-    def _repays(self, ask: Ask, requests: int, k: int, plain_ms: float) -> bool:
-        """Whether the request's share of what drafting k tokens would save the batch (all drafting) over its
-        remaining tokens is worth its drafter's catch-up read."""
+    def _repays(self, ask: Ask, requests: int, k: int) -> bool:
+        """Whether the request's share of what drafting k tokens would save a batch of `requests` (all
+        drafting) over its remaining tokens is worth its drafter's catch-up read."""
         catch_up = self.catch_up_ms(ask.lag)
         if catch_up == 0:
             return True
         per_token_ms = self.round_ms(requests, [k] * requests) / expected_tokens(k, ask.rate)
-        return ask.remaining * (plain_ms - per_token_ms) / requests >= catch_up
+        return ask.remaining * (self.round_ms(requests, []) - per_token_ms) / requests >= catch_up
 
 
 def expected_tokens(k: int, rate: float) -> float:

@@ -220,7 +220,8 @@ class Engine:
             asks.append(Ask(generation.job.k[names[1]], accepted + stats.accepted, drafted + stats.drafted,
                             remaining=generation.max_new_tokens - len(generation.generated),
                             lag=chain.draft_lag(generation)))
-        return self._budgets[names].caps(asks)
+        coming = min(self.config.max_batch, len(self.running) + len(self.waiting)) - len(batch)
+        return self._budgets[names].caps(asks, coming)
 
     @contextmanager
     def _timing_drafts(self, names: tuple[str, ...], batch: list[Work], caps: list[int | None] | None):

@@ -94,3 +94,12 @@ def test_a_measured_catch_up_read_replaces_the_estimate():
     budget = DraftBudget(TARGET, DRAFT)
     budget.observe_catch_up(drafting=2, drafting_ms=2 * DRAFT[2] + 600, positions=2, lag=300)
     assert budget.catch_up_ms(300) == 600
+
+
+def test_a_request_judges_its_catch_up_by_the_batch_it_will_run_in():
+    """The first two of eight requests that arrive together would repay their prompt reads alone, but not
+    in the batch of eight they are about to share."""
+    budget = DraftBudget(TARGET, DRAFT)
+    first = [Ask(8, 900, 1000, remaining=64, lag=300)] * 2
+    assert budget.caps(first) != [0, 0]
+    assert budget.caps(first, coming=6) == [0, 0]
