@@ -233,9 +233,7 @@ class Engine:
             yield
             return
         chain = self._chains[names]
-        drafting = sum(1 for cap in caps if cap)
-        lag = sum(chain.draft_lag(work.generation) for work, cap in zip(batch, caps) if cap)
-        catching_up = any(cap and chain.draft_lag(work.generation) > CATCHING_UP for work, cap in zip(batch, caps))
+        lags = [chain.draft_lag(work.generation) for work, cap in zip(batch, caps) if cap]  # drafting requests'
         jobs = [work.generation.job for work in batch]
         target_seconds = jobs[0].stats[names[0]].seconds
         drafted = [job.stats[names[1]].drafted for job in jobs]
@@ -243,10 +241,10 @@ class Engine:
         yield
         ms = 1000 * (time.perf_counter() - started - (jobs[0].stats[names[0]].seconds - target_seconds))
         positions = max(job.stats[names[1]].drafted - before for job, before in zip(jobs, drafted))
-        if catching_up:
-            budget.observe_catch_up(drafting, ms, positions, lag)
+        if any(lag > CATCHING_UP for lag in lags):
+            budget.observe_catch_up(len(lags), ms, positions, sum(lags))
         else:
-            budget.observe(drafting, ms, positions)
+            budget.observe(len(lags), ms, positions)
 
     def _deliver(self, work: Work, new_tokens: int) -> None:
         generation = work.generation
