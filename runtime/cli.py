@@ -21,7 +21,7 @@ PROBABILITY = real(lambda value: 0 <= value < 1, "in [0, 1)")
 
 
 def _check_level_names(args: argparse.Namespace, allowed: list[str]) -> None:
-    for option, values in (("--k", args.k), ("--confidence", args.confidence)):
+    for option, values in (("--k", args.k), ("--confidence", args.confidence), ("--extend", args.extend)):
         unknown = set(values or {}) - set(allowed) - {"*"}
         if unknown:
             raise GenerationError(f"{option}: {', '.join(sorted(unknown))} is not a draft level here "
@@ -34,7 +34,9 @@ def _controls(chain: list[str], args: argparse.Namespace, folder: ExportFolder) 
     for name, control in folder.default_controls(chain).items():
         k = (args.k or {}).get(name, (args.k or {}).get("*", control.k))
         confidence = (args.confidence or {}).get(name, (args.confidence or {}).get("*", control.confidence))
-        controls[name] = DraftControls(k=k, confidence=confidence, adaptive=args.adaptive or control.adaptive)
+        extend = (args.extend or {}).get(name, (args.extend or {}).get("*", control.extend))
+        controls[name] = DraftControls(k=k, confidence=confidence, adaptive=args.adaptive or control.adaptive,
+                                       extend=extend)
     return controls
 
 
@@ -56,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     shared.add_argument("--confidence", type=per_level(PROBABILITY),
                         help="stop drafting after a token whose top probability is below this: X or LEVEL=X,... "
                              "(default: what `specqd tune` chose, else 0: never)")
+    shared.add_argument("--extend", type=per_level(integer(0)),
+                        help="after a model level stops drafting, append up to N prompt-lookup tokens: N or "
+                             "LEVEL=N,... (default: what `specqd tune` chose, else 0)")
     shared.add_argument("--adaptive", action="store_true", help="adapt each level's k to its acceptance")
 
     top = Parser(prog="specqd", description="Speculative generation with OpenVINO levels.")

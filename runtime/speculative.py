@@ -33,12 +33,15 @@ class DraftControls:
     k: int = 8                 # most tokens proposed per request (the start value when adaptive)
     confidence: float = 0.0    # stop drafting after a token whose top probability is below this (0 = never)
     adaptive: bool = False     # grow k by 2 after a fully accepted proposal, shrink by 1 after a rejection
+    extend: int = 0            # after drafting stops, append up to this many prompt-lookup tokens (free guesses)
 
     def validate(self, name: str) -> None:
         if self.k < 1:
             raise ValueError(f"level {name}: k={self.k} must be at least 1")
         if not 0 <= self.confidence < 1:
             raise ValueError(f"level {name}: confidence={self.confidence} must be in [0, 1)")
+        if self.extend < 0:
+            raise ValueError(f"level {name}: extend={self.extend} must be at least 0")
 
 
 @dataclass
@@ -179,6 +182,12 @@ class ModelLevel:
                 if not unsure and len(out) < wants[i]:
                     still.append(i)
             active = still
+        for job, sequence, limit, (out, dists) in zip(jobs, tokens, limits, proposals):
+            # The level above verifies a few more tokens at nearly no cost (its step is flat in n), so where the
+            # text repeats itself, what followed last time is a guess worth adding after this level's draft.
+            found = lookup(sequence + out, min(job.controls[self.name].extend, limit - len(out)))
+            out.extend(found)
+            dists.extend([None] * len(found))  # deterministic guesses: q is a point mass, as for PromptLookup
         return proposals
 
     def update(self, job: Job, drafted: int, accepted: int) -> None:

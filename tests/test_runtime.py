@@ -38,6 +38,7 @@ def test_greedy_chains_of_any_depth_give_the_targets_own_tokens_in_f32(tiny_expo
 @pytest.mark.parametrize("controls", [
     {"target-int8": DraftControls(k=3), "target-mxfp4": DraftControls(k=5, confidence=0.3)},
     {"target-int8": DraftControls(k=2, adaptive=True), "target-mxfp4": DraftControls(k=1, adaptive=True)},
+    {"target-int8": DraftControls(k=2, extend=3), "target-mxfp4": DraftControls(k=4, confidence=0.5, extend=2)},
 ])
 def test_drafting_controls_change_speed_not_tokens(tiny_export, controls):
     chain = "target,target-int8,target-mxfp4"
@@ -50,6 +51,14 @@ def test_an_unsure_draft_token_is_proposed_and_ends_the_proposal(tiny_export):
     result = pipe.generate(PROMPTS[0], max_new_tokens=20)
     assert result.tokens == tokens(tiny_export, "target", PROMPTS[0], n=20)
     assert len(result.stats["levels"][1]["acceptance_by_position"]) == 1  # random weights: never that sure
+
+
+def test_a_level_that_stops_drafting_extends_its_proposal_with_lookup_guesses(tiny_export):
+    pipe = Pipeline.load(tiny_export, chain="target,draft", precision="f32",
+                         controls={"draft": DraftControls(k=6, confidence=0.9999, extend=3)})
+    result = pipe.generate(PROMPTS[0], max_new_tokens=40)
+    assert result.tokens == tokens(tiny_export, "target", PROMPTS[0])
+    assert len(result.stats["levels"][1]["acceptance_by_position"]) > 1  # the unsure token, then the guesses
 
 
 def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading_the_prompt(tiny_export):
@@ -195,9 +204,9 @@ def test_chat_prompts_are_rendered_with_the_models_own_template(tiny_export, cap
     assert chat_tokens == tokens(tiny_export, "target", folder.apply_chat_template(user), n=8)
 
 
-def draw_pairs(folder, chain, runs, sampling):
-    pipe = Pipeline.load(folder, chain=chain, precision="f32")
-    return Counter(tuple(pipe.generate(PROMPTS[0], max_new_tokens=2,
+def draw_pairs(folder, chain, runs, sampling, tokens=2, controls=None):
+    pipe = Pipeline.load(folder, chain=chain, precision="f32", controls=controls)
+    return Counter(tuple(pipe.generate(PROMPTS[0], max_new_tokens=tokens,
                                        sampling=Sampling(seed=seed, **sampling)).tokens) for seed in range(runs))
 
 
@@ -215,6 +224,10 @@ def test_speculative_sampling_keeps_the_targets_distribution(tiny_export):
     alone = draw_pairs(tiny_export, "target", 800, sampling)
     for chain in ("target,target-int8,target-mxfp4", "target,draft,lookup"):
         assert same_distribution_p_value(draw_pairs(tiny_export, chain, 800, sampling), alone) > 1e-3, chain
+    # Three tokens leave room for a lookup guess after the draft's unsure first token.
+    extended = draw_pairs(tiny_export, "target,draft", 800, sampling, tokens=3,
+                          controls={"draft": DraftControls(k=2, confidence=0.9999, extend=1)})
+    assert same_distribution_p_value(extended, draw_pairs(tiny_export, "target", 800, sampling, tokens=3)) > 1e-3
     # The test can fail: the draft's own distribution is told apart from the target's.
     assert same_distribution_p_value(draw_pairs(tiny_export, "draft", 800, sampling), alone) < 1e-6
 
