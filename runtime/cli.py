@@ -178,7 +178,8 @@ def _tune(args: argparse.Namespace) -> int:
     from .tools.tune import tune
 
     choice = tune(_folder(args), prompts.load(args.prompts), args.max_new_tokens)
-    print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}, confidence {choice['confidence']}\n"
+    print(f"chosen: {','.join(choice['chain'])} with k {choice['k']}, confidence {choice['confidence']}, "
+          f"extend {choice['extend']}\n"
           f"predicted {choice['predicted_tokens_per_second']} tok/s ({choice['predicted_speedup']}x), "
           f"measured {choice['measured_tokens_per_second']} tok/s ({choice['measured_speedup']}x over the target "
           f"alone)\nstored in {Path(args.out_dir) / 'specqd.json'}: generate and bench now use it by default")

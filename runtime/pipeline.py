@@ -174,7 +174,9 @@ class ExportFolder:
         if tuned_k is None:
             return {name: DraftControls() for name in chain[1:]}
         confidence = tuned.get("confidence_by_chain", {}).get(",".join(chain), {})
-        return {name: DraftControls(k=tuned_k[name], confidence=confidence.get(name, 0.0)) for name in chain[1:]}
+        extend = tuned.get("extend_by_chain", {}).get(",".join(chain), {})
+        return {name: DraftControls(k=tuned_k[name], confidence=confidence.get(name, 0.0), extend=extend.get(name, 0))
+                for name in chain[1:]}
 
     def encode(self, text: str) -> list[int]:
         with self._text_lock:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Awaitable, Callable
 
 from fastapi import Depends, FastAPI, Request
@@ -208,8 +208,8 @@ def create_app(engine: Engine, settings: Settings) -> FastAPI:
         not_drafting = [names.index(name) for name, value in k.items() if value == 0]
         if not_drafting:  # k 0 turns a level's drafting off, and with it every level below
             names = names[:min(not_drafting)]
-        return names, {name: DraftControls(k=k.get(name, controls[name].k),
-                                           confidence=confidence.get(name, controls[name].confidence))
+        return names, {name: replace(controls[name], k=k.get(name, controls[name].k),
+                                     confidence=confidence.get(name, controls[name].confidence))
                        for name in names[1:]}
 
     if settings.replica:

@@ -79,24 +79,30 @@ def test_the_cost_model_replays_drafting_rounds_along_the_measured_agreement():
     agrees = Trace([np.ones(10, bool)], [np.ones(10)])
     model = CostModel(times, {("target", "draft"): agrees})
     # Rounds of 4 drafted tokens at 10 ms and one 100 ms verify commit 5 tokens: 28 ms per token.
-    assert model.cost_per_token(["target", "draft"], {"draft": (4, 0.0)}) == 28.0
+    assert model.cost_per_token(["target", "draft"], {"draft": (4, 0.0, 0)}) == 28.0
     assert model.tokens_per_second(["target"], {}) == 10.0
     # Reading the prompt costs every level once: 10 tokens at 28 ms plus 300 + 50 ms.
     prefill = {"target": 300.0, "draft": 50.0}
     assert abs(CostModel(times, {("target", "draft"): agrees}, prefill).tokens_per_second(
-        ["target", "draft"], {"draft": (4, 0.0)}, 10) - 10_000 / 630) < 1e-9
+        ["target", "draft"], {"draft": (4, 0.0, 0)}, 10) - 10_000 / 630) < 1e-9
     # A copy of the target reads no prompt; the target's prompt read then emits one token in a 100 ms step.
     copy = CostModel(times, {("target", "draft"): agrees}, prefill, frozenset({"draft"}))
-    assert abs(copy.tokens_per_second(["target", "draft"], {"draft": (4, 0.0)}, 10) - 10_000 / (400 + 9 * 28)) < 1e-9
+    assert abs(copy.tokens_per_second(["target", "draft"], {"draft": (4, 0.0, 0)}, 10) - 10_000 / (400 + 9 * 28)) < 1e-9
     # Rejections end a round at the first mismatch: rounds draft 4 (the last only the 3 positions left), keep 2
     # and add one.
     streaks = Trace([np.array([1, 1, 0] * 4, bool)], [np.ones(12)])
-    assert CostModel(times, {("target", "draft"): streaks}).cost_per_token(["target", "draft"], {"draft": (4, 0.0)}) \
+    assert CostModel(times, {("target", "draft"): streaks}).cost_per_token(["target", "draft"], {"draft": (4, 0.0, 0)}) \
         == ((4 + 4 + 4 + 3) * 10 + 4 * 100) / 12
     # A draft unsure of every third token stops after it: rounds draft 3, keep 2 and add one.
     unsure = Trace([np.array([1, 1, 0] * 4, bool)], [np.array([0.9, 0.9, 0.2] * 4)])
-    assert CostModel(times, {("target", "draft"): unsure}).cost_per_token(["target", "draft"], {"draft": (4, 0.5)}) \
+    assert CostModel(times, {("target", "draft"): unsure}).cost_per_token(["target", "draft"], {"draft": (4, 0.5, 0)}) \
         == (3 * 10 + 100) / 3
+    # A lookup guess after the draft rides in the same (flat) verify pass and counts while lookup's token is the
+    # target's: here it covers the draft's miss, so rounds draft 2, add 1 guess, keep all 3 and add one.
+    draft_misses = Trace([np.array([1, 1, 0, 1] * 3, bool)], [np.ones(12)])
+    lookup_hits = Trace([np.array([0, 0, 1, 0] * 3, bool)], [np.ones(12)])
+    extended = CostModel(times, {("target", "draft"): draft_misses, ("target", "lookup"): lookup_hits})
+    assert extended.cost_per_token(["target", "draft"], {"draft": (2, 0.0, 1)}) == 3 * (2 * 10 + 100) / 12
 
 
 def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
@@ -120,6 +126,7 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     controls = ExportFolder(copy).default_controls(other.split(","))
     assert {name: c.k for name, c in controls.items()} == tuned["k_by_chain"][other]
     assert {name: c.confidence for name, c in controls.items()} == tuned["confidence_by_chain"][other]
+    assert {name: c.extend for name, c in controls.items()} == tuned["extend_by_chain"][other]
 
 
 def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):

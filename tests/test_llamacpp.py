@@ -132,6 +132,16 @@ def test_server_arguments_say_which_speculative_decoding_runs(tmp_path):
         LlamaCppConfig(model, draft, prompt_lookup=True).server_arguments()
 
 
+def test_on_a_cpu_with_amx_weights_keep_their_file_layout(tmp_path, monkeypatch):
+    """This llama.cpp's AMX path for quantized weights crashes at its first pass (ggml-org/llama.cpp#20824)."""
+    from specqd.runtime.tools import llamacpp_engine
+
+    monkeypatch.setattr(llamacpp_engine, "amx_cpu", lambda: True)
+    assert "--no-repack" in LlamaCppConfig(tmp_path / "model.gguf").server_arguments()
+    monkeypatch.setattr(llamacpp_engine, "amx_cpu", lambda: False)
+    assert "--no-repack" not in LlamaCppConfig(tmp_path / "model.gguf").server_arguments()
+
+
 def require_build():
     if not BUILT.server.is_file():
         pytest.skip(f"llama.cpp is not built ({BUILT.server}): `specqd llamacpp OUT_DIR` builds it")

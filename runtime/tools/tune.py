@@ -8,6 +8,9 @@ keeps them up to the first mismatch and adds one, and costs d * c(lower) + t_upp
 lower level's cost per token (its own step time, 0 for prompt lookup, or recursively its own rounds' cost per
 token). Replaying measured runs instead of assuming each token independent matters: agreement comes in
 streaks (easy boilerplate, hard choices), which is what lets long, confidence-stopped drafts pay.
+The level that drafts for the target may also append up to `extend` prompt-lookup guesses after its draft
+(DraftControls.extend): they cost the target's wider pass only, and count while lookup's token matches the
+target's along the text.
 The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The chosen
 configuration is stored in the manifest so that `generate` and `bench` use it by default, and so are the best
 settings of every other chain searched, so that any chain named runs with its own tuned settings.
@@ -20,19 +23,22 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
+
 from . import profile
 from ..pipeline import LOOKUP, ExportFolder
 from ..speculative import DraftControls
 
 K_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 CONFIDENCE_CHOICES = (0.0, 0.3, 0.5, 0.7)  # 0: draft k tokens whatever the draft's confidence
+EXTEND_CHOICES = (0, 4, 8, 16)  # lookup guesses after the target's drafter stops
 MAX_DRAFT_LEVELS = 2  # model levels below the target; lookup may come after them
 
 
 @dataclass
 class Plan:
     chain: list[str]
-    controls: dict[str, tuple[int, float]]  # lower level -> (k, confidence)
+    controls: dict[str, tuple[int, float, int]]  # lower level -> (k, confidence, extend)
     tokens_per_second: float
 
 
@@ -56,9 +62,11 @@ class Rounds:
     tokens: int
 
 
-def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[int, float]) -> Rounds:
+def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[int, float],
+           extend: int = 0, guesses: profile.Trace | None = None) -> Rounds:
+    """`guesses`: prompt lookup's trace against the same upper level, for the `extend` guesses after a draft."""
     drafted_total, verify_ms, tokens = 0, 0.0, 0
-    for matches, sure in zip(trace.matches, trace.sure):
+    for sample, (matches, sure) in enumerate(zip(trace.matches, trace.sure)):
         position = 0
         while position < len(matches):
             drafted = 0
@@ -66,11 +74,15 @@ def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[in
                 drafted += 1
                 if sure[position + drafted - 1] < confidence:  # proposed, and drafting stops after it
                     break
+            guessed = min(extend, len(matches) - position - drafted)
+            hits = np.concatenate([matches[position:position + drafted],
+                                   guesses.matches[sample][position + drafted:position + drafted + guessed]
+                                   if guessed else []])
             accepted = 0
-            while accepted < drafted and matches[position + accepted]:
+            while accepted < drafted + guessed and hits[accepted]:
                 accepted += 1
             drafted_total += drafted
-            verify_ms += step(upper_times, drafted + 1)
+            verify_ms += step(upper_times, drafted + guessed + 1)
             tokens += accepted + 1
             position += accepted + 1
     return Rounds(drafted_total, verify_ms, tokens)
@@ -80,10 +92,11 @@ class CostModel:
     def __init__(self, times: dict[str, dict[int, float]], traces: dict[tuple[str, str], profile.Trace],
                  prefill: dict[str, float] | None = None, copies: frozenset[str] = frozenset()):
         self.times, self.prefill, self.copies = times, prefill or {}, copies
-        self._replay = cache(lambda upper, lower, k, confidence:
-                             replay(traces[(upper, lower)], k, confidence, times[upper]))
+        self._replay = cache(lambda upper, lower, k, confidence, extend:
+                             replay(traces[(upper, lower)], k, confidence, times[upper], extend,
+                                    traces.get((upper, LOOKUP))))
 
-    def cost_per_token(self, chain: list[str], controls: dict[str, tuple[int, float]]) -> float:
+    def cost_per_token(self, chain: list[str], controls: dict[str, tuple[int, float, int]]) -> float:
         """Milliseconds per token that chain[0] emits, drafting with the rest of the chain below it."""
         top = chain[0]
         if len(chain) == 1:
@@ -93,7 +106,7 @@ class CostModel:
         rounds = self._replay(top, lower, *controls[lower])
         return (rounds.drafted * lower_cost + rounds.verify_ms) / rounds.tokens
 
-    def tokens_per_second(self, chain: list[str], controls: dict[str, tuple[int, float]],
+    def tokens_per_second(self, chain: list[str], controls: dict[str, tuple[int, float, int]],
                           new_tokens: int = 128) -> float:
         """Expected speed, every level's prompt read included.
 
@@ -118,7 +131,8 @@ def search(levels: list[str], model: CostModel, new_tokens: int) -> list[Plan]:
                 chain = ["target", *middle, *tail]
                 if len(chain) == 1:
                     continue
-                choices = [list(itertools.product(K_CHOICES, (0.0,) if name == LOOKUP else CONFIDENCE_CHOICES))
+                choices = [list(itertools.product(K_CHOICES, (0.0,) if name == LOOKUP else CONFIDENCE_CHOICES,
+                                                  EXTEND_CHOICES if depth and name == chain[1] else (0,)))
                            for name in chain[1:]]
                 for settings in itertools.product(*choices):
                     controls = dict(zip(chain[1:], settings))
@@ -146,7 +160,8 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     say("best predicted: " + "; ".join(f"{','.join(p.chain)} {_describe(p.controls)} {p.tokens_per_second:.1f} tok/s"
                                        for p in plans[:5]))
 
-    controls = {name: DraftControls(k=k, confidence=confidence) for name, (k, confidence) in best.controls.items()}
+    controls = {name: DraftControls(k=k, confidence=confidence, extend=extend)
+                for name, (k, confidence, extend) in best.controls.items()}
     measured = {}
     for chain, chain_controls in ((["target"], {}), (best.chain, controls)):
         pipeline = folder.pipeline(chain, chain_controls)
@@ -154,16 +169,19 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         results = [pipeline.generate(text, max_new_tokens=new_tokens) for text in texts]
         measured[",".join(chain)] = sum(len(r.tokens) for r in results) / sum(r.stats["seconds"] for r in results)
     baseline, chosen = measured["target"], measured[",".join(best.chain)]
-    best_per_chain: dict[str, dict[str, tuple[int, float]]] = {}
+    best_per_chain: dict[str, dict[str, tuple[int, float, int]]] = {}
     for plan in plans:  # sorted fastest first
         best_per_chain.setdefault(",".join(plan.chain), plan.controls)
     choice = {
         "chain": best.chain,
-        "k": {name: k for name, (k, _) in best.controls.items()},
-        "confidence": {name: confidence for name, (_, confidence) in best.controls.items()},
-        "k_by_chain": {chain: {name: k for name, (k, _) in c.items()} for chain, c in best_per_chain.items()},
-        "confidence_by_chain": {chain: {name: confidence for name, (_, confidence) in c.items()}
+        "k": {name: k for name, (k, _, _) in best.controls.items()},
+        "confidence": {name: confidence for name, (_, confidence, _) in best.controls.items()},
+        "extend": {name: extend for name, (_, _, extend) in best.controls.items()},
+        "k_by_chain": {chain: {name: k for name, (k, _, _) in c.items()} for chain, c in best_per_chain.items()},
+        "confidence_by_chain": {chain: {name: confidence for name, (_, confidence, _) in c.items()}
                                 for chain, c in best_per_chain.items()},
+        "extend_by_chain": {chain: {name: extend for name, (_, _, extend) in c.items()}
+                            for chain, c in best_per_chain.items()},
         "predicted_tokens_per_second": round(best.tokens_per_second, 2),
         "predicted_speedup": round(best.tokens_per_second / model.tokens_per_second(["target"], {}, new_tokens), 2),
         "measured_tokens_per_second": round(chosen, 2),
@@ -177,9 +195,10 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     return choice
 
 
-def _describe(controls: dict[str, tuple[int, float]]) -> str:
+def _describe(controls: dict[str, tuple[int, float, int]]) -> str:
     return " ".join(f"{name}: k {k}" + (f" until p < {confidence}" if confidence else "")
-                    for name, (k, confidence) in controls.items())
+                    + (f" then {extend} lookup guesses" if extend else "")
+                    for name, (k, confidence, extend) in controls.items())
 
 
 def say(message: str) -> None:
