@@ -185,7 +185,10 @@ class ModelLevel:
         for job, sequence, limit, (out, dists) in zip(jobs, tokens, limits, proposals):
             # The level above verifies a few more tokens at nearly no cost (its step is flat in n), so where the
             # text repeats itself, what followed last time is a guess worth adding after this level's draft.
-            found = lookup(sequence + out, min(job.controls[self.name].extend, limit - len(out)))
+            room = min(job.controls[self.name].extend, limit - len(out))
+            if room <= 0:
+                continue
+            found = lookup(sequence + out, room)
             out.extend(found)
             dists.extend([None] * len(found))  # deterministic guesses: q is a point mass, as for PromptLookup
         return proposals
