@@ -26,7 +26,7 @@ import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations wi
 
 from .chat import ChatTemplate, ChatTemplateError
 from .generation import LOOKUP, Chain, Generation, GenerationError
-from .kvmodel import PRECISIONS, KVModel
+from .kvmodel import PRECISIONS, KVModel, avoid_one_core_amx_crash
 from .mxfp4_kernel import Kernel
 from .manifest import Manifest, ManifestError
 from .sampling import Sampling
@@ -70,6 +70,7 @@ class ExportFolder:
         self.threads = threads
         self.mxfp4_kernel = mxfp4_kernel
         self.max_blocks = max_blocks  # per level's KV block pool (None: grows as needed)
+        avoid_one_core_amx_crash(precision, threads)
         self.core = ov.Core()
         read = time.perf_counter()
         # MXFP4 levels run on specqd's kernel when it is built and this CPU has AVX512-BF16 (mxfp4_kernel.py).

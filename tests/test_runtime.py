@@ -324,6 +324,18 @@ def test_options_that_name_levels_the_export_lacks_fail_with_one_line(tiny_expor
     assert error.count("\n") == 1 and error.startswith(f"specqd: error: {option}")
 
 
+def test_one_thread_generates_the_same_tokens_as_two(tiny_export):
+    """In a child process: OpenVINO 2026.4.1 dies of SIGFPE compiling bf16 for one core of an AMX CPU."""
+    script = ("import sys; from specqd.runtime.pipeline import Pipeline; "
+              "print(Pipeline.load(sys.argv[1], chain='target,draft', threads=1)"
+              ".generate(sys.argv[2], max_new_tokens=12).tokens)")
+    child = subprocess.run([sys.executable, "-c", script, str(tiny_export), PROMPTS[0]], capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    two = Pipeline.load(tiny_export, chain="target,draft", threads=2).generate(PROMPTS[0], max_new_tokens=12).tokens
+    assert child.stdout.strip() == str(two)
+
+
 def test_the_runtime_imports_without_torch_transformers_or_nncf():
     code = ("import sys, specqd.runtime.pipeline, specqd.runtime.cli; "
             "print([m for m in ('torch', 'transformers', 'nncf', 'optimum') if m in sys.modules])")

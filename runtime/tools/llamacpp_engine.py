@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..kvmodel import cpu_has
 from .llamacpp_build import LlamaCppError
 
 # The fastest of the settings tried on humaneval:0-2 (the prompts `specqd tune` learns from) with
@@ -41,10 +42,7 @@ def amx_cpu() -> bool:
     SIGSEGV after "AMX model buffer"; ggml-org/llama.cpp#20824), so on such a CPU the server runs with
     `--no-repack`, llama.cpp's own switch that keeps weights in their file's layout: what its users do.
     """
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    return cpu_has("amx_int8")
 
 
 @dataclass
