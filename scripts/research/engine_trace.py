@@ -12,6 +12,7 @@ prompts and rounds that only decode (docs/serving.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import threading
 import time
@@ -54,10 +55,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--extend", type=int, help="the first draft level's lookup guesses (default: tuned)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     chain = args.chain.split(",")
     folder = ExportFolder(args.export_dir)
+    controls = folder.default_controls(chain)
+    if args.extend is not None:
+        controls[chain[1]] = dataclasses.replace(controls[chain[1]], extend=args.extend)
     engine = Engine(folder, EngineConfig(chain=chain, max_batch=max(8, args.concurrency)), Metrics("trace"))
     rounds: list[dict] = []
     traced(engine, rounds)
@@ -73,7 +78,7 @@ def main() -> None:
             index = issued[0]
             issued[0] += 1
         work = Work(folder.encode(texts[index % len(texts)]), args.max_tokens, Sampling(), (), tuple(chain),
-                    folder.default_controls(chain), lambda event: finished(work, event))
+                    controls, lambda event: finished(work, event))
         engine.submit(work)
 
     def finished(work: Work, event) -> None:
