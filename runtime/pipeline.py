@@ -26,7 +26,8 @@ import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations wi
 
 from .chat import ChatTemplate, ChatTemplateError
 from .generation import LOOKUP, Chain, Generation, GenerationError
-from .kvmodel import PRECISIONS, KVModel, avoid_one_core_amx_crash
+from .cpu import avoid_one_core_amx_crash
+from .kvmodel import PRECISIONS, KVModel
 from .mxfp4_kernel import Kernel
 from .manifest import Manifest, ManifestError
 from .sampling import Sampling

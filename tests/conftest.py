@@ -48,17 +48,22 @@ def tiny_export(tiny_target, tiny_draft, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def mxfp4_kernel_built() -> mxfp4_kernel.Kernel:
-    """specqd's MXFP4 kernel as this install packages it (scripts/setup.sh's `pip install -e .` compiles it)."""
+@pytest.fixture
+def mxfp4_kernel_built(monkeypatch) -> mxfp4_kernel.Kernel:
+    """specqd's MXFP4 kernel as this install packages it (scripts/setup.sh's `pip install -e .` compiles it).
+
+    Every export folder the test opens runs its MXFP4 levels on it, on a CPU with AMX too, where the runtime
+    otherwise prefers OpenVINO's own path: the kernel is tested wherever it can run.
+    """
     path = mxfp4_kernel.library_path()
     assert path.exists(), f"{path} is missing: scripts/setup.sh builds it"
     edited = [source.name for source in (Path(__file__).parents[1] / "runtime" / "csrc").iterdir()
               if source.stat().st_mtime > path.stat().st_mtime]
     assert not edited, f"{', '.join(edited)} changed after the kernel was built: re-run scripts/setup.sh"
-    kernel = mxfp4_kernel.Kernel.find()
+    kernel = mxfp4_kernel.Kernel.find(on_amx=True)
     if kernel.library is None:
         pytest.skip(f"specqd's kernel is {kernel.unavailable}: only OpenVINO's MXFP4 path can run here")
+    monkeypatch.setattr(mxfp4_kernel.Kernel, "find", classmethod(lambda cls, on_amx=False: kernel))
     return kernel
 
 

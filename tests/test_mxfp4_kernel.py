@@ -183,6 +183,15 @@ def test_a_cpu_without_avx512_bf16_falls_back_to_openvino_in_one_line(tiny_expor
         "(it lacks AVX512-BF16)"]
 
 
+def test_a_cpu_with_amx_runs_openvinos_faster_mxfp4_path_and_says_why(tiny_export, monkeypatch, capfd):
+    if Kernel.find(on_amx=True).library is None:
+        pytest.skip("specqd's kernel cannot run here at all")
+    monkeypatch.setattr(mxfp4_kernel, "cpu_has", lambda flag: flag == "amx_bf16")
+    folder = ExportFolder(tiny_export)
+    assert folder.model("target-mxfp4").kernel == OPENVINO_KERNEL
+    assert "specqd's kernel is slower than OpenVINO's AMX path on this CPU" in capfd.readouterr().err
+
+
 def test_the_kernel_can_be_turned_off(tiny_export, capfd):
     folder = ExportFolder(tiny_export, mxfp4_kernel=False)
     result = folder.pipeline(["target", "target-mxfp4"]).generate("def f(x):", max_new_tokens=8)

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..kvmodel import cpu_has
+from ..cpu import cpu_has
 from .llamacpp_build import LlamaCppError
 
 # The fastest of the settings tried on humaneval:0-2 (the prompts `specqd tune` learns from) with

@@ -1,0 +1,30 @@
+"""What this CPU is, and what OpenVINO needs because of it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def cpu_has(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists this CPU flag (False where there is no such file)."""
+    try:
+        return flag in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def avoid_one_core_amx_crash(precision: str, threads: int) -> None:
+    """Keep OpenVINO off AMX when it would compile a bf16 model for one core on an AMX CPU.
+
+    OpenVINO 2026.4.1's CPU plugin dies of SIGFPE compiling any bf16 model there (a 1-thread compile, or a
+    process pinned to one core; f32 and two threads are fine), which a server replica of one thread meets
+    first. Capping oneDNN at AVX512-BF16 avoids that path. It is process-wide and read at the first compile,
+    so it is set before the first one and never over a user's own setting.
+    """
+    one_core = threads == 1 or (threads == 0 and len(os.sched_getaffinity(0)) == 1)
+    if precision == "bf16" and one_core and cpu_has("amx_bf16") and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
+        print("specqd: one core on an AMX CPU: bf16 runs without AMX (OpenVINO 2026.4.1 crashes compiling it)",
+              file=sys.stderr)
