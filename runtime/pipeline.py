@@ -74,7 +74,7 @@ class ExportFolder:
         avoid_one_core_amx_crash(precision, threads)
         self.core = ov.Core()
         read = time.perf_counter()
-        # MXFP4 levels run on specqd's kernel when it is built and this CPU has AVX512-BF16 (mxfp4_kernel.py).
+        # MXFP4 levels run on specqd's kernel when it is built and this CPU has AVX512-BF16 but no AMX (mxfp4_kernel.py).
         self.kernel = Kernel.find() if mxfp4_kernel else Kernel(None, "turned off")
         self.kernel.register(self.core)
         found = time.perf_counter()

@@ -136,9 +136,9 @@ def test_on_a_cpu_with_amx_weights_keep_their_file_layout(tmp_path, monkeypatch)
     """This llama.cpp's AMX path for quantized weights crashes at its first pass (ggml-org/llama.cpp#20824)."""
     from specqd.runtime.tools import llamacpp_engine
 
-    monkeypatch.setattr(llamacpp_engine, "amx_cpu", lambda: True)
+    monkeypatch.setattr(llamacpp_engine, "cpu_has", lambda flag: flag == "amx_int8")
     assert "--no-repack" in LlamaCppConfig(tmp_path / "model.gguf").server_arguments()
-    monkeypatch.setattr(llamacpp_engine, "amx_cpu", lambda: False)
+    monkeypatch.setattr(llamacpp_engine, "cpu_has", lambda flag: False)
     assert "--no-repack" not in LlamaCppConfig(tmp_path / "model.gguf").server_arguments()
 
 

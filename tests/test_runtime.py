@@ -61,6 +61,17 @@ def test_a_level_that_stops_drafting_extends_its_proposal_with_lookup_guesses(ti
     assert len(result.stats["levels"][1]["acceptance_by_position"]) > 1  # the unsure token, then the guesses
 
 
+def test_requests_that_share_a_batch_with_lookup_guesses_each_get_their_solo_tokens(tiny_export):
+    folder = ExportFolder(tiny_export, precision="f32")
+    chain = folder.pipeline("target,draft").runner
+    controls = {"draft": DraftControls(k=4, confidence=0.5, extend=3)}
+    jobs = [(PROMPTS[0], 30), (PROMPTS[1], 17), (PROMPTS[0] + " return", 24)]
+    generations = [chain.start(folder.encode(prompt), n, Sampling(), (), controls) for prompt, n in jobs]
+    while any(not g.finished for g in generations):
+        chain.step([g for g in generations if not g.finished])
+    assert [g.generated for g in generations] == [tokens(tiny_export, "target", prompt, n) for prompt, n in jobs]
+
+
 def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading_the_prompt(tiny_export):
     pipe = Pipeline.load(tiny_export, chain="target,target-int8,target-mxfp4,draft", precision="f32")
     prompt = " ".join(PROMPTS) * 6

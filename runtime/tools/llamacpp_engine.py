@@ -35,16 +35,6 @@ LOOKUP_N = 3
 LOOKUP_M = 16
 
 
-def amx_cpu() -> bool:
-    """Whether this CPU has AMX, which the native build then uses for quantized (Q4_K, Q8_0 ...) weights.
-
-    That path crashes this llama.cpp at the first pass on a 2-core Xeon with AMX (llama-server exits with
-    SIGSEGV after "AMX model buffer"; ggml-org/llama.cpp#20824), so on such a CPU the server runs with
-    `--no-repack`, llama.cpp's own switch that keeps weights in their file's layout: what its users do.
-    """
-    return cpu_has("amx_int8")
-
-
 @dataclass
 class LlamaCppConfig:
     target: Path                     # GGUF the server runs (-m)
@@ -61,7 +51,10 @@ class LlamaCppConfig:
     def server_arguments(self) -> list[str]:
         arguments = ["-m", str(self.target), "-t", str(self.threads), "-tb", str(self.threads),
                      "-c", str(self.context), "-np", "1", "--cache-ram", "0", "--no-webui"]
-        if amx_cpu():
+        if cpu_has("amx_int8"):
+            # This build's AMX path for quantized weights (Q4_K, Q8_0 ...) crashes llama-server with SIGSEGV at
+            # its first pass after "AMX model buffer" (ggml-org/llama.cpp#20824): keep weights in their file
+            # layout there, llama.cpp's own switch and what its users do.
             arguments.append("--no-repack")
         if self.draft is not None and self.prompt_lookup:
             raise LlamaCppError("choose a draft GGUF or prompt lookup, not both")

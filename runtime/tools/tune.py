@@ -23,8 +23,6 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 
-import numpy as np
-
 from . import profile
 from ..pipeline import LOOKUP, ExportFolder
 from ..speculative import DraftControls
@@ -75,12 +73,11 @@ def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[in
                 if sure[position + drafted - 1] < confidence:  # proposed, and drafting stops after it
                     break
             guessed = min(extend, len(matches) - position - drafted)
-            hits = np.concatenate([matches[position:position + drafted],
-                                   guesses.matches[sample][position + drafted:position + drafted + guessed]
-                                   if guessed else []])
             accepted = 0
-            while accepted < drafted + guessed and hits[accepted]:
+            while accepted < drafted and matches[position + accepted]:
                 accepted += 1
+            while drafted <= accepted < drafted + guessed and guesses.matches[sample][position + accepted]:
+                accepted += 1  # the guesses continue the draft, so they count only after all of it
             drafted_total += drafted
             verify_ms += step(upper_times, drafted + guessed + 1)
             tokens += accepted + 1
