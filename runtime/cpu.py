@@ -23,8 +23,9 @@ def avoid_one_core_amx_crash(precision: str, threads: int) -> None:
     first. Capping oneDNN at AVX512-BF16 avoids that path. It is process-wide and read at the first compile,
     so it is set before the first one and never over a user's own setting.
     """
-    one_core = threads == 1 or (threads == 0 and len(os.sched_getaffinity(0)) == 1)
-    if precision == "bf16" and one_core and cpu_has("amx_bf16") and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+    if precision != "bf16" or "ONEDNN_MAX_CPU_ISA" in os.environ or not cpu_has("amx_bf16"):
+        return  # cpu_has is False off Linux, where os.sched_getaffinity may not exist either
+    if threads == 1 or (threads == 0 and len(os.sched_getaffinity(0)) == 1):
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX512_CORE_BF16"
         print("specqd: one core on an AMX CPU: bf16 runs without AMX (OpenVINO 2026.4.1 crashes compiling it)",
               file=sys.stderr)
