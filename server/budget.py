@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from ..runtime.tools.tune import step
 
-PRIOR_ACCEPTED, PRIOR_DRAFTED = 7, 10   # acceptance 0.7 until measurements outweigh it
+PRIOR_RATE = 0.7                        # acceptance assumed for a pair `specqd tune` has not measured
+PRIOR_WEIGHT = 10                       # drafted tokens' worth of weight the prior keeps against measurements
 SMOOTHING = 0.2                         # weight of the newest round in the drafting cost's running average
 RELAXING = 0.05                         # pull toward the estimate per round without drafting (~14 rounds halve
                                         # the gap)
@@ -43,10 +44,11 @@ class Ask:
     drafted: int                # of so many drafted
     remaining: int = UNBOUNDED  # tokens it may still generate
     lag: int = 0                # context tokens its drafter has not read yet
+    prior: float = PRIOR_RATE   # the pair's acceptance before any is measured here (tune's agreement, if it ran)
 
     @property
     def rate(self) -> float:
-        return (self.accepted + PRIOR_ACCEPTED) / (self.drafted + PRIOR_DRAFTED)
+        return (self.accepted + PRIOR_WEIGHT * self.prior) / (self.drafted + PRIOR_WEIGHT)
 
 
 class DraftBudget:

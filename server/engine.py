@@ -25,7 +25,7 @@ from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder
 from ..runtime.sampling import Sampling
 from ..runtime.speculative import DraftControls
-from .budget import Ask, DraftBudget
+from .budget import PRIOR_RATE, Ask, DraftBudget
 from .metrics import Metrics
 
 log = logging.getLogger("specqd.server")
@@ -90,6 +90,7 @@ class Engine:
         self._chains: dict[tuple[str, ...], Chain] = {}
         self._budgets: dict[tuple[str, ...], DraftBudget] = {}
         self._accepted: dict[tuple[str, ...], list[int]] = {}  # per chain: [accepted, drafted] of finished requests
+        self._priors: dict[tuple[str, ...], float] = {}        # per chain: its top pair's acceptance before any
         self._wake = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="specqd-engine", daemon=True)
@@ -131,6 +132,7 @@ class Engine:
                 self._budgets[names] = self._measure_budget(chain)
                 self.metrics.levels_ran(chain, count=False)
             self._accepted[names] = [0, 0]
+            self._priors[names] = self._prior_rate(names)
             self._chains[names] = chain
         return self._chains[names]
 
@@ -219,7 +221,7 @@ class Engine:
             stats = generation.job.stats[names[1]]
             asks.append(Ask(generation.job.k[names[1]], accepted + stats.accepted, drafted + stats.drafted,
                             remaining=generation.max_new_tokens - len(generation.generated),
-                            lag=chain.draft_lag(generation)))
+                            lag=chain.draft_lag(generation), prior=self._priors[names]))
         coming = min(self.config.max_batch, len(self.running) + len(self.waiting)) - len(batch)
         return self._budgets[names].caps(asks, coming)
 
@@ -287,6 +289,16 @@ class Engine:
         self._chains[work.chain].release(work.generation)
         self.running.remove(work)
         self.metrics.released(work, self._chains[work.chain])
+
+    def _prior_rate(self, names: tuple[str, ...]) -> float:
+        """The acceptance the budget assumes before this server has measured any: tune's agreement of the chain's
+        top pair when it measured one. Starting pessimistic costs more than it seems: at 4 requests the budget
+        then drafts 0-1 tokens, so it learns slowly and drafting stays timid (docs/serving.md). Lookup's agreement
+        counts the positions where it proposes nothing, so it is no acceptance rate: lookup keeps the default."""
+        if len(names) == 1 or names[1] == LOOKUP:
+            return PRIOR_RATE
+        agreement = (self.folder.manifest.tuned or {}).get("agreement", {})
+        return agreement.get(f"{names[0]}>{names[1]}", PRIOR_RATE)
 
     def _measure_budget(self, chain: Chain) -> DraftBudget:
         """Step times of the chain's top two levels by tokens per pass: `specqd tune`'s when it measured up to

@@ -103,3 +103,14 @@ def test_a_request_judges_its_catch_up_by_the_batch_it_will_run_in():
     first = [Ask(8, 900, 1000, remaining=64, lag=300)] * 2
     assert budget.caps(first) != [0, 0]
     assert budget.caps(first, coming=6) == [0, 0]
+
+
+def test_a_pair_tune_measured_to_agree_drafts_longer_before_any_acceptance_is_measured():
+    """A timid start would rarely draft and so rarely learn that the draft agrees (engine.py's _prior_rate)."""
+    budget = DraftBudget(TARGET, DRAFT)
+    assert k_for(budget, 4, accepted=0, drafted=0, prior=0.9) > k_for(budget, 4, accepted=0, drafted=0)
+
+
+def test_measured_acceptance_outweighs_the_prior():
+    budget = DraftBudget(TARGET, DRAFT)
+    assert k_for(budget, 4, accepted=0, drafted=1000, prior=0.9) == 0
