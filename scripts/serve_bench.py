@@ -1,4 +1,4 @@
-"""Load benchmark of `specqd serve`: aiperf (a well-kept load generator) at concurrency 1, 2, 4, 8 against each
+"""Load benchmark of `specqd serve`: a closed loop of streamed requests at concurrency 1, 2, 4, 8 against each
 server configuration, on HumanEval prompts, greedy, 64 new tokens; output tok/s, TTFT and ITL. Then, for each
 specqd configuration, the same prompts one at a time through the server and through the runtime in this
 process (what `specqd generate` runs), alternating prompt by prompt: the server's cost at concurrency 1.
@@ -6,7 +6,12 @@ Writes OUT.json, OUT.md (tables) and OUT.png (tok/s and inter-token latency agai
 
     .venv/bin/python scripts/serve_bench.py ~/.cache/specqd/exports/qwen2.5-coder-1.5b --out docs/serve-bench
 
-aiperf is installed once into its own venv under the specqd cache (1.2 GB, no torch). Every configuration's
+The load comes from the official openai client in threads of this process (`--load client`, the default), or
+from aiperf (`--load aiperf`, a well-kept load generator, installed once into its own venv under the specqd
+cache, 1.2 GB, no torch). On a machine of 2 cores aiperf distorts what it measures: its processes parse and
+tokenize every streamed chunk beside a server that uses both cores (at concurrency 4, 16 requests: specqd's
+target 18.2 tok/s under aiperf against 22.8 under the client, the tuned chain 17.6 against 28.3;
+docs/serving.md). With cores to spare, aiperf is the better tool. Every configuration's
 server is started at once (on 127.0.0.1, free ports), each idle while another is measured, and the configurations
 take turns at each concurrency, so that a change in the machine's load falls on all of them alike. The
 servers are stopped by their PIDs at the end.
@@ -21,6 +26,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -43,11 +49,11 @@ def aiperf() -> Path:
 
 
 def run_load(tool: Path, url: str, model: str, tokenizer: Path, dataset: Path, concurrency: int,
-             new_tokens: int, artifacts: Path) -> dict:
+             new_tokens: int, requests: int, artifacts: Path) -> dict:
     command = [tool, "profile", "--model", model, "--url", f"{url}/v1", "--endpoint-type", "completions",
                "--streaming", "--tokenizer", tokenizer, "--input-file", dataset, "--custom-dataset-type",
                "single_turn", "--extra-inputs", f"max_tokens:{new_tokens}", "--extra-inputs", "temperature:0",
-               "--concurrency", str(concurrency), "--request-count", str(max(4, 2 * concurrency)),
+               "--concurrency", str(concurrency), "--request-count", str(requests),
                "--warmup-request-count", "1", "--random-seed", "0", "--workers-max", "1", "--ui", "none",
                "--no-gpu-telemetry", "--no-server-metrics", "--artifact-dir", artifacts]
     environment = {"PATH": "/usr/bin:/bin", "HF_ENDPOINT": "http://127.0.0.1:9", "HOME": str(Path.home())}
@@ -60,6 +66,58 @@ def run_load(tool: Path, url: str, model: str, tokenizer: Path, dataset: Path, c
             "ttft_ms_p50": summary["time_to_first_token"]["p50"], "ttft_ms_p99": summary["time_to_first_token"]["p99"],
             "itl_ms_p50": summary["inter_token_latency"]["p50"], "itl_ms_p99": summary["inter_token_latency"]["p99"],
             "requests": summary["request_count"]["avg"]}
+
+
+def run_client_load(url: str, model: str, texts: list[str], concurrency: int, new_tokens: int,
+                    requests: int) -> dict:
+    """aiperf's figures from a closed loop of `concurrency` threads of the openai client: output tok/s over the
+    wall time, and per-request TTFT and inter-token latency ((end - first token) / (tokens - 1)), as aiperf
+    defines them."""
+    client = Server(url, 0).client()
+    client.completions.create(model=model, prompt=texts[-1], max_tokens=4, temperature=0)  # warm-up request
+    lock = threading.Lock()
+    issued, records = [0], []
+
+    def one_stream() -> None:
+        while True:
+            with lock:
+                if issued[0] >= requests:
+                    return
+                index, issued[0] = issued[0], issued[0] + 1
+            started, first, tokens = time.perf_counter(), None, 0
+            for chunk in client.completions.create(model=model, prompt=texts[index % len(texts)], temperature=0,
+                                                   max_tokens=new_tokens, stream=True,
+                                                   stream_options={"include_usage": True}):
+                if first is None and chunk.choices and chunk.choices[0].text:
+                    first = time.perf_counter()
+                if chunk.usage:
+                    tokens = chunk.usage.completion_tokens
+            ended = time.perf_counter()
+            first = first or ended  # an answer of no text (EOS first)
+            with lock:
+                records.append((first - started, ended - first, tokens))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one_stream) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    ttft = [1000 * first for first, _, _ in records]
+    itl = [1000 * rest / (tokens - 1) for _, rest, tokens in records if tokens > 1]
+    return {"output_tokens_per_second": sum(tokens for _, _, tokens in records) / seconds,
+            "ttft_ms_p50": percentile(ttft, 50), "ttft_ms_p99": percentile(ttft, 99),
+            "itl_ms_p50": percentile(itl, 50), "itl_ms_p99": percentile(itl, 99), "requests": len(records)}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between the closest ranks, as numpy's default and aiperf's."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def compare_solo(server: Server, export: Path, chain: str, texts: list[str], new_tokens: int) -> dict:
@@ -139,12 +197,17 @@ def main() -> int:
     parser.add_argument("--prompts", default="humaneval:82-163", help="held out from tune's and bench's prompts")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated concurrency levels")
+    parser.add_argument("--requests-per-stream", type=int, default=2,
+                        help="requests per point: this many per concurrent stream (at least 4); more makes the "
+                             "batch's start and end, when it is not full, a smaller part of the point")
     parser.add_argument("--solo-prompts", type=int, default=8,
                         help="prompts run one at a time, server vs runtime (0: skip that comparison)")
+    parser.add_argument("--load", choices=("client", "aiperf"), default="client",
+                        help="the load generator: the openai client in threads (light enough for 2 cores) or aiperf")
     parser.add_argument("--out", type=Path, default=Path("docs/serve-bench"))
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the servers are stopped by their PIDs
-    tool = aiperf()
+    tool = aiperf() if args.load == "aiperf" else None
     work = cache_root() / "serve-bench" / args.out.name  # prompts, server logs and aiperf's artifacts
     work.mkdir(parents=True, exist_ok=True)
     dataset = work / "prompts.jsonl"
@@ -164,8 +227,13 @@ def main() -> int:
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             for config, server in servers.items():
                 print(f"{config} at concurrency {concurrency}", flush=True)
-                row = run_load(tool, server.url, args.export.resolve().name, args.export / "target", dataset,
-                               concurrency, args.new_tokens, work / f"{slug(config)}-c{concurrency}")
+                requests = max(4, args.requests_per_stream * concurrency)
+                if tool is None:
+                    row = run_client_load(server.url, args.export.resolve().name, prompts.load(args.prompts),
+                                          concurrency, args.new_tokens, requests)
+                else:
+                    row = run_load(tool, server.url, args.export.resolve().name, args.export / "target", dataset,
+                                   concurrency, args.new_tokens, requests, work / f"{slug(config)}-c{concurrency}")
                 results.append({"config": config, "concurrency": concurrency} | row)
                 print(json.dumps(results[-1]), flush=True)
         texts = prompts.load(args.prompts)[:args.solo_prompts]
