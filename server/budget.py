@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime.generation import LOOKUP
 from ..runtime.tools.tune import step
 
 PRIOR_RATE = 0.7                        # acceptance assumed for a pair `specqd tune` has not measured
@@ -125,6 +126,16 @@ class DraftBudget:
             return True
         per_token_ms = self.round_ms(requests, [k] * requests) / expected_tokens(k, ask.rate)
         return ask.remaining * (self.round_ms(requests, []) - per_token_ms) / requests >= catch_up
+
+
+def prior_rate(tuned: dict | None, chain: tuple[str, ...]) -> float:
+    """The acceptance a chain's budget assumes before the server has measured any: tune's agreement of the
+    chain's top pair when it measured one. Starting pessimistic costs more than it seems: at 4 requests a 0.7
+    draft is worth 0-1 tokens, so requests draft little, learn slowly and stay timid (docs/serving.md). Lookup's
+    agreement counts the positions where it proposes nothing, so it is no acceptance rate: lookup keeps 0.7."""
+    if len(chain) == 1 or chain[1] == LOOKUP:
+        return PRIOR_RATE
+    return (tuned or {}).get("agreement", {}).get(f"{chain[0]}>{chain[1]}", PRIOR_RATE)
 
 
 def expected_tokens(k: int, rate: float) -> float:

@@ -25,7 +25,7 @@ from ..runtime.kvmodel import BLOCK
 from ..runtime.pipeline import ExportFolder
 from ..runtime.sampling import Sampling
 from ..runtime.speculative import DraftControls
-from .budget import PRIOR_RATE, Ask, DraftBudget
+from .budget import Ask, DraftBudget, prior_rate
 from .metrics import Metrics
 
 log = logging.getLogger("specqd.server")
@@ -132,7 +132,7 @@ class Engine:
                 self._budgets[names] = self._measure_budget(chain)
                 self.metrics.levels_ran(chain, count=False)
             self._accepted[names] = [0, 0]
-            self._priors[names] = self._prior_rate(names)
+            self._priors[names] = prior_rate(self.folder.manifest.tuned, names)
             self._chains[names] = chain
         return self._chains[names]
 
@@ -289,16 +289,6 @@ class Engine:
         self._chains[work.chain].release(work.generation)
         self.running.remove(work)
         self.metrics.released(work, self._chains[work.chain])
-
-    def _prior_rate(self, names: tuple[str, ...]) -> float:
-        """The acceptance the budget assumes before this server has measured any: tune's agreement of the chain's
-        top pair when it measured one. Starting pessimistic costs more than it seems: at 4 requests the budget
-        then drafts 0-1 tokens, so it learns slowly and drafting stays timid (docs/serving.md). Lookup's agreement
-        counts the positions where it proposes nothing, so it is no acceptance rate: lookup keeps the default."""
-        if len(names) == 1 or names[1] == LOOKUP:
-            return PRIOR_RATE
-        agreement = (self.folder.manifest.tuned or {}).get("agreement", {})
-        return agreement.get(f"{names[0]}>{names[1]}", PRIOR_RATE)
 
     def _measure_budget(self, chain: Chain) -> DraftBudget:
         """Step times of the chain's top two levels by tokens per pass: `specqd tune`'s when it measured up to

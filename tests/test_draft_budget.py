@@ -1,6 +1,6 @@
 """The server's draft budget: speculation is worth its cost alone, and is given up as a batch fills."""
 
-from specqd.server.budget import Ask, DraftBudget
+from specqd.server.budget import PRIOR_RATE, Ask, DraftBudget, prior_rate
 
 # Shaped like the real 1.5B BF16 target and 0.5B INT4 draft on this machine (ms by tokens per pass).
 TARGET = {1: 160, 2: 155, 4: 132, 8: 180, 16: 260, 32: 480, 64: 900, 128: 1750}
@@ -114,3 +114,10 @@ def test_a_pair_tune_measured_to_agree_drafts_longer_before_any_acceptance_is_me
 def test_measured_acceptance_outweighs_the_prior():
     budget = DraftBudget(TARGET, DRAFT)
     assert k_for(budget, 4, accepted=0, drafted=1000, prior=0.9) == 0
+
+
+def test_a_chain_starts_from_tunes_agreement_of_its_top_pair():
+    tuned = {"agreement": {"target>draft": 0.885, "target>lookup": 0.155}}
+    assert prior_rate(tuned, ("target", "draft", "lookup")) == 0.885
+    assert prior_rate(tuned, ("target", "lookup")) == PRIOR_RATE      # positions without a proposal count there
+    assert prior_rate(None, ("target", "draft")) == PRIOR_RATE        # not tuned
