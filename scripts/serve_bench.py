@@ -31,6 +31,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
+
 from specqd.models.cache import cache_root
 from specqd.runtime.tools import prompts
 from specqd.runtime.pipeline import Pipeline
@@ -107,17 +109,9 @@ def run_client_load(url: str, model: str, texts: list[str], concurrency: int, ne
     ttft = [1000 * first for first, _, _ in records]
     itl = [1000 * rest / (tokens - 1) for _, rest, tokens in records if tokens > 1]
     return {"output_tokens_per_second": sum(tokens for _, _, tokens in records) / seconds,
-            "ttft_ms_p50": percentile(ttft, 50), "ttft_ms_p99": percentile(ttft, 99),
-            "itl_ms_p50": percentile(itl, 50), "itl_ms_p99": percentile(itl, 99), "requests": len(records)}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks, as numpy's default and aiperf's."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+            "ttft_ms_p50": float(np.percentile(ttft, 50)), "ttft_ms_p99": float(np.percentile(ttft, 99)),
+            "itl_ms_p50": float(np.percentile(itl, 50)), "itl_ms_p99": float(np.percentile(itl, 99)),
+            "requests": len(records)}
 
 
 def compare_solo(server: Server, export: Path, chain: str, texts: list[str], new_tokens: int) -> dict:
