@@ -10,7 +10,7 @@ The load comes from the official openai client in threads of this process (`--lo
 from aiperf (`--load aiperf`, a well-kept load generator, installed once into its own venv under the specqd
 cache, 1.2 GB, no torch). On a machine of 2 cores aiperf distorts what it measures: its processes parse and
 tokenize every streamed chunk beside a server that uses both cores (at concurrency 4, 16 requests: specqd's
-target 18.2 tok/s under aiperf against 22.8 under the client, the tuned chain 17.6 against 28.3;
+target 18.2 tok/s under aiperf against 23.3 under the client, the tuned chain 17.6 against 29.9;
 docs/serving.md). With cores to spare, aiperf is the better tool. Every configuration's
 server is started at once (on 127.0.0.1, free ports), each idle while another is measured, and the configurations
 take turns at each concurrency, so that a change in the machine's load falls on all of them alike. The
@@ -205,7 +205,8 @@ def main() -> int:
     work = cache_root() / "serve-bench" / args.out.name  # prompts, server logs and aiperf's artifacts
     work.mkdir(parents=True, exist_ok=True)
     dataset = work / "prompts.jsonl"
-    dataset.write_text("".join(json.dumps({"text": text}) + "\n" for text in prompts.load(args.prompts)))
+    texts = prompts.load(args.prompts)
+    dataset.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
     configs = args.configs.split(";")
     results, solo = [], []
     servers, stops = {}, {}
@@ -223,18 +224,18 @@ def main() -> int:
                 print(f"{config} at concurrency {concurrency}", flush=True)
                 requests = max(4, args.requests_per_stream * concurrency)
                 if tool is None:
-                    row = run_client_load(server.url, args.export.resolve().name, prompts.load(args.prompts),
+                    row = run_client_load(server.url, args.export.resolve().name, texts,
                                           concurrency, args.new_tokens, requests)
                 else:
                     row = run_load(tool, server.url, args.export.resolve().name, args.export / "target", dataset,
                                    concurrency, args.new_tokens, requests, work / f"{slug(config)}-c{concurrency}")
                 results.append({"config": config, "concurrency": concurrency} | row)
                 print(json.dumps(results[-1]), flush=True)
-        texts = prompts.load(args.prompts)[:args.solo_prompts]
+        solo_texts = texts[:args.solo_prompts]
         for config in sorted(servers, key=lambda config: config.startswith("specqd:")):
-            if config.startswith("specqd:") and texts:
+            if config.startswith("specqd:") and solo_texts:
                 chain = config.split()[0].removeprefix("specqd:")
-                solo.append({"config": config} | compare_solo(servers[config], args.export, chain, texts,
+                solo.append({"config": config} | compare_solo(servers[config], args.export, chain, solo_texts,
                                                               args.new_tokens))
                 print(json.dumps(solo[-1]), flush=True)
             stops[config].close()  # done with it: its memory goes to the runtime's copy of the next chain

@@ -1,7 +1,7 @@
 """The server's engine without HTTP, round by round: where a closed loop of requests spends its time.
 
     .venv/bin/python scripts/research/engine_trace.py EXPORT_DIR --chain target,draft-int4_sym,lookup \\
-        [--concurrency 8] [--requests 16] [--max-tokens 64] [--out trace.json]
+        [--concurrency 8] [--requests 16] [--max-tokens 64] [--extend N] [--prior P] [--out trace.json]
 
 Keeps `--concurrency` requests of HumanEval/82-163 running (greedy) until `--requests` have finished, and logs
 every round: requests in it, each one's draft cap, prompt tokens the target still had to read, tokens gained,
@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--extend", type=int, help="the first draft level's lookup guesses (default: tuned)")
+    parser.add_argument("--prior", type=float,
+                        help="the draft budget's starting acceptance (default: tune's agreement, budget.prior_rate)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     chain = args.chain.split(",")
@@ -67,6 +69,8 @@ def main() -> None:
     rounds: list[dict] = []
     traced(engine, rounds)
     engine.start()
+    if args.prior is not None:
+        engine._priors[tuple(chain)] = args.prior
     texts = prompts.load("humaneval:82-163")
     lock, done = threading.Lock(), threading.Semaphore(0)
     issued, tokens = [0], [0]
