@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", parents=[folder_arg], help="choose the fastest chain and draft lengths "
                                                                   "and store them as this export's defaults")
-    tune.add_argument("--prompts", default="humaneval:0-2", help="sample prompts (default humaneval:0-2)")
+    tune.add_argument("--prompts", default="humaneval:82-89",
+                      help="sample prompts (default humaneval:82-89, outside the development split)")
     tune.add_argument("--max-new-tokens", type=integer(1), default=64)
 
     profile_ = commands.add_parser("profile", parents=[folder_arg], help="step time of each level by tokens per step")

@@ -103,6 +103,13 @@ def test_the_cost_model_replays_drafting_rounds_along_the_measured_agreement():
     lookup_hits = Trace([np.array([0, 0, 1, 0] * 3, bool)], [np.ones(12)])
     extended = CostModel(times, {("target", "draft"): draft_misses, ("target", "lookup"): lookup_hits})
     assert extended.cost_per_token(["target", "draft"], {"draft": (2, 0.0, 1)}) == 3 * (2 * 10 + 100) / 12
+    # A draft whose every proposal is kept starts its next round with a 2-token pass (its last proposal, never fed
+    # to it, and the target's token): with t(2) = 14 ms, each round of 4 drafted tokens pays 4 ms more.
+    catching_up = CostModel({**times, "draft": {1: 10.0, 2: 14.0, 25: 14.0}}, {("target", "draft"): agrees})
+    assert catching_up.cost_per_token(["target", "draft"], {"draft": (4, 0.0, 0)}) == (2 * (4 * 10 + 4) + 2 * 100) / 10
+    # Rejected drafts roll back to what was kept and read only the target's token: no catch-up pass.
+    rejected = CostModel({**times, "draft": {1: 10.0, 2: 14.0, 25: 14.0}}, {("target", "draft"): streaks})
+    assert rejected.cost_per_token(["target", "draft"], {"draft": (4, 0.0, 0)}) == ((4 + 4 + 4 + 3) * 10 + 4 * 100) / 12
 
 
 def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 from ..cpu import cpu_has
 from .llamacpp_build import LlamaCppError
 
-# The fastest of the settings tried on humaneval:0-2 (the prompts `specqd tune` learns from) with
+# The fastest of the settings tried on humaneval:0-2 (the prompts `specqd tune` learned from until 2026-12-05) with
 # scripts/research/llamacpp_draft_sweep.py; the sweep is in docs/benchmarks.md, "llama.cpp". This llama.cpp's
 # own defaults are slower here: 3 draft tokens with no confidence stop (0.94x its target alone, against 1.17x),
 # and lookup of 12-token n-grams, which never matches in these completions yet costs 24 % (0.76x).

@@ -6,18 +6,25 @@ text, where each lower level's greedy token equals each upper level's and how su
 is below the confidence threshold) is then replayed round by round along that text: a round drafts d tokens,
 keeps them up to the first mismatch and adds one, and costs d * c(lower) + t_upper(d + 1), where c is the
 lower level's cost per token (its own step time, 0 for prompt lookup, or recursively its own rounds' cost per
-token). Replaying measured runs instead of assuming each token independent matters: agreement comes in
-streaks (easy boilerplate, hard choices), which is what lets long, confidence-stopped drafts pay.
+token). A model level also pays for catching up: its last proposal of a round was never fed to it, so when the
+upper level keeps the whole draft, the lower level's next round starts with a pass over that token, the
+accepted guesses and the upper level's own token, which costs t_lower(n) rather than t_lower(1).
+Replaying measured runs instead of assuming each token independent matters: agreement comes in streaks
+(easy boilerplate, hard choices), which is what lets long, confidence-stopped drafts pay.
 The level that drafts for the target may also append up to `extend` prompt-lookup guesses after its draft
 (DraftControls.extend): they cost the target's wider pass only, and count while lookup's token matches the
 target's along the text.
-The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The chosen
+The chain's speed is new tokens / (every level's prompt read + new tokens * c(chain)). The model ranks
+thousands of configurations but cannot separate chains within a few per cent (the 2026-12-05 split ran tune's
+pick at 0.92x a chain it predicted 1 % slower), so the best configurations of the FINALISTS fastest chains are
+then run on the sample prompts, taking turns prompt by prompt, and the fastest measured wins. The chosen
 configuration is stored in the manifest so that `generate` and `bench` use it by default, and so are the best
 settings of every other chain searched, so that any chain named runs with its own tuned settings.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
 import sys
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ K_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 CONFIDENCE_CHOICES = (0.0, 0.3, 0.5, 0.7)  # 0: draft k tokens whatever the draft's confidence
 EXTEND_CHOICES = (0, 4, 8, 16)  # lookup guesses after the target's drafter stops
 MAX_DRAFT_LEVELS = 2  # model levels below the target; lookup may come after them
+FINALISTS = 3  # chains run end to end before choosing
 
 
 @dataclass
@@ -58,12 +66,13 @@ class Rounds:
     drafted: int
     verify_ms: float
     tokens: int
+    catch_up: collections.Counter  # tokens the lower level reads in its first pass of a round -> rounds
 
 
 def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[int, float],
            extend: int = 0, guesses: profile.Trace | None = None) -> Rounds:
     """`guesses`: prompt lookup's trace against the same upper level, for the `extend` guesses after a draft."""
-    drafted_total, verify_ms, tokens = 0, 0.0, 0
+    drafted_total, verify_ms, tokens, catch_up = 0, 0.0, 0, collections.Counter()
     for sample, (matches, sure) in enumerate(zip(trace.matches, trace.sure)):
         position = 0
         while position < len(matches):
@@ -82,7 +91,10 @@ def replay(trace: profile.Trace, k: int, confidence: float, upper_times: dict[in
             verify_ms += step(upper_times, drafted + guessed + 1)
             tokens += accepted + 1
             position += accepted + 1
-    return Rounds(drafted_total, verify_ms, tokens)
+            # Whole draft kept: its last token, the kept guesses and the upper level's token are new to the lower
+            # level; otherwise it rolls back to what was kept and reads the upper level's token only.
+            catch_up[2 + accepted - drafted if accepted >= drafted else 1] += 1
+    return Rounds(drafted_total, verify_ms, tokens, catch_up)
 
 
 class CostModel:
@@ -99,9 +111,13 @@ class CostModel:
         if len(chain) == 1:
             return step(self.times[top], 1)
         lower = chain[1]
-        lower_cost = 0.0 if lower == LOOKUP else self.cost_per_token(chain[1:], controls)
         rounds = self._replay(top, lower, *controls[lower])
-        return (rounds.drafted * lower_cost + rounds.verify_ms) / rounds.tokens
+        if lower == LOOKUP:
+            return rounds.verify_ms / rounds.tokens
+        lower_cost = self.cost_per_token(chain[1:], controls)
+        catching_up = sum(count * (step(self.times[lower], n) - step(self.times[lower], 1))
+                          for n, count in rounds.catch_up.items())
+        return (rounds.drafted * lower_cost + catching_up + rounds.verify_ms) / rounds.tokens
 
     def tokens_per_second(self, chain: list[str], controls: dict[str, tuple[int, float, int]],
                           new_tokens: int = 128) -> float:
@@ -153,36 +169,35 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     copies = frozenset(name for name in levels if folder.is_copy_of_target(name))
     model = CostModel(times, traces, prefill, copies)
     plans = search(levels, model, new_tokens)
-    best = plans[0]
-    say("best predicted: " + "; ".join(f"{','.join(p.chain)} {_describe(p.controls)} {p.tokens_per_second:.1f} tok/s"
-                                       for p in plans[:5]))
-
-    controls = {name: DraftControls(k=k, confidence=confidence, extend=extend)
-                for name, (k, confidence, extend) in best.controls.items()}
-    measured = {}
-    for chain, chain_controls in ((["target"], {}), (best.chain, controls)):
-        pipeline = folder.pipeline(chain, chain_controls)
-        pipeline.generate(texts[0], max_new_tokens=8)  # warm-up
-        results = [pipeline.generate(text, max_new_tokens=new_tokens) for text in texts]
-        measured[",".join(chain)] = sum(len(r.tokens) for r in results) / sum(r.stats["seconds"] for r in results)
-    baseline, chosen = measured["target"], measured[",".join(best.chain)]
-    best_per_chain: dict[str, dict[str, tuple[int, float, int]]] = {}
+    best_per_chain: dict[str, Plan] = {}
     for plan in plans:  # sorted fastest first
-        best_per_chain.setdefault(",".join(plan.chain), plan.controls)
+        best_per_chain.setdefault(",".join(plan.chain), plan)
+    finalists = list(best_per_chain.values())[:FINALISTS]
+    say("best predicted: " + "; ".join(f"{','.join(p.chain)} {_describe(p.controls)} {p.tokens_per_second:.1f} tok/s"
+                                       for p in finalists))
+    measured = measure(folder, [Plan(["target"], {}, 0.0), *finalists], texts, new_tokens)
+    best = max(finalists, key=lambda plan: measured[",".join(plan.chain)])
+    baseline, chosen = measured["target"], measured[",".join(best.chain)]
+    say(f"measured: target {baseline:.1f} tok/s; "
+        + "; ".join(f"{','.join(p.chain)} {measured[','.join(p.chain)]:.1f}" for p in finalists))
     choice = {
         "chain": best.chain,
         "k": {name: k for name, (k, _, _) in best.controls.items()},
         "confidence": {name: confidence for name, (_, confidence, _) in best.controls.items()},
         "extend": {name: extend for name, (_, _, extend) in best.controls.items()},
-        "k_by_chain": {chain: {name: k for name, (k, _, _) in c.items()} for chain, c in best_per_chain.items()},
-        "confidence_by_chain": {chain: {name: confidence for name, (_, confidence, _) in c.items()}
-                                for chain, c in best_per_chain.items()},
-        "extend_by_chain": {chain: {name: extend for name, (_, _, extend) in c.items()}
-                            for chain, c in best_per_chain.items()},
+        "k_by_chain": {chain: {name: k for name, (k, _, _) in p.controls.items()}
+                       for chain, p in best_per_chain.items()},
+        "confidence_by_chain": {chain: {name: confidence for name, (_, confidence, _) in p.controls.items()}
+                                for chain, p in best_per_chain.items()},
+        "extend_by_chain": {chain: {name: extend for name, (_, _, extend) in p.controls.items()}
+                            for chain, p in best_per_chain.items()},
         "predicted_tokens_per_second": round(best.tokens_per_second, 2),
         "predicted_speedup": round(best.tokens_per_second / model.tokens_per_second(["target"], {}, new_tokens), 2),
         "measured_tokens_per_second": round(chosen, 2),
         "measured_speedup": round(chosen / baseline, 2),
+        "finalists": {",".join(p.chain): {"predicted_tokens_per_second": round(p.tokens_per_second, 2),
+                                          "measured_tokens_per_second": round(measured[",".join(p.chain)], 2)}
+                      for p in finalists},
         "step_ms": {name: {str(n): round(ms, 1) for n, ms in t.items()} for name, t in times.items()},
         "prompt_read_ms": {name: round(ms, 1) for name, ms in prefill.items()},
         "agreement": {f"{upper}>{lower}": round(trace.agreement, 3) for (upper, lower), trace in traces.items()},
@@ -190,6 +205,24 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     folder.manifest.tuned = choice
     folder.manifest.write(folder.path)
     return choice
+
+
+def measure(folder: ExportFolder, plans: list[Plan], texts: list[str], new_tokens: int) -> dict[str, float]:
+    """Tokens per second of each plan's chain over the texts; the chains take turns on each text, so that a
+    machine slowing down or speeding up weighs on all of them alike."""
+    pipelines = {}
+    for plan in plans:
+        controls = {name: DraftControls(k=k, confidence=confidence, extend=extend)
+                    for name, (k, confidence, extend) in plan.controls.items()}
+        pipelines[",".join(plan.chain)] = pipeline = folder.pipeline(plan.chain, controls)
+        pipeline.generate(texts[0], max_new_tokens=8)  # warm-up
+    tokens, seconds = dict.fromkeys(pipelines, 0), dict.fromkeys(pipelines, 0.0)
+    for text in texts:
+        for chain, pipeline in pipelines.items():
+            result = pipeline.generate(text, max_new_tokens=new_tokens)
+            tokens[chain] += len(result.tokens)
+            seconds[chain] += result.stats["seconds"]
+    return {chain: tokens[chain] / seconds[chain] for chain in pipelines}
 
 
 def _describe(controls: dict[str, tuple[int, float, int]]) -> str:

@@ -12,7 +12,8 @@ import time
 
 import openvino as ov
 
-from specqd.runtime import kvmodel, prompts
+from specqd.runtime import kvmodel
+from specqd.runtime.tools import prompts
 from specqd.runtime.pipeline import ExportFolder
 
 
