@@ -201,15 +201,16 @@ def _profile(args: argparse.Namespace) -> int:
     levels = [{"name": name, "step_ms": {str(n): round(ms, 1) for n, ms in
                                          step_times(folder, name, prompt, tokens).items()},
                "prompt_read_ms": round(prefill_ms(folder, name, prompt), 1),
-               "kernel": folder.model(name).kernel} for name in names]
+               "kernel": folder.model(name).kernel, "precision": folder.precision_of(name)} for name in names]
     if args.json:
         print(json.dumps({"levels": levels}))
     else:
         print(f"prompt: HumanEval/0 twice, {len(prompt)} tokens")
-        print("| level | kernel | " + " | ".join(f"n={n} ms" for n in tokens) + " | prompt read ms |")
-        print("|---|---|" + "---|" * (len(tokens) + 1))
+        print("| level | kernel | precision | " + " | ".join(f"n={n} ms" for n in tokens) + " | prompt read ms |")
+        print("|---|---|---|" + "---|" * (len(tokens) + 1))
         for level in levels:
-            print(f"| {level['name']} | {level['kernel']} | " + " | ".join(str(v) for v in level["step_ms"].values())
+            print(f"| {level['name']} | {level['kernel']} | {level['precision']} | "
+                  + " | ".join(str(v) for v in level["step_ms"].values())
                   + f" | {level['prompt_read_ms']} |")
     return 0
 

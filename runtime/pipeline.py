@@ -68,6 +68,10 @@ class ExportFolder:
         self.path = Path(folder)
         self.manifest = Manifest.read(self.path)
         self.precision = precision
+        # Draft levels that `specqd tune` measured faster in f32 than in bf16 (OpenVINO's INT4 matmuls take
+        # int8 activations in f32, and decompress to bf16 otherwise); a draft only proposes, so its precision
+        # never changes which tokens the target accepts.
+        self._draft_precisions: dict[str, str] = dict((self.manifest.tuned or {}).get("precision", {}))
         self.threads = threads
         self.mxfp4_kernel = mxfp4_kernel
         self.max_blocks = max_blocks  # per level's KV block pool (None: grows as needed)
@@ -99,10 +103,8 @@ class ExportFolder:
         """
         if self._background is not None:
             self._background.shutdown(wait=True, cancel_futures=True)
-        for future in self._models.values():
-            if not future.cancelled() and future.exception() is None:
-                future.result().close()
-        self._models.clear()
+        for name in list(self._models):
+            self.unload(name)
         self.tokenizer = self.detokenizer = None
         self.closed = True
 
@@ -121,6 +123,29 @@ class ExportFolder:
             future.set_result(self._load(name))
             self._models[name] = future
         return self._models[name].result()
+
+    def unload(self, name: str) -> None:
+        """Free the level's compiled model and KV cache; the next `model(name)` compiles it again."""
+        future = self._models.pop(name, None)
+        if future is not None and not future.cancelled() and future.exception() is None:
+            future.result().close()
+
+    def precision_of(self, name: str) -> str:
+        """The inference precision the level runs in: the folder's, or f32 for a draft tune found faster so."""
+        if name == "target" or self.precision == "f32":
+            return self.precision
+        return self._draft_precisions.get(name, self.precision)
+
+    def set_draft_precisions(self, precisions: dict[str, str]) -> None:
+        """Run these draft levels in these precisions (the others in the folder's); a loaded level whose
+        precision changes is unloaded, to compile again when next asked for."""
+        if "target" in precisions or set(precisions.values()) - set(PRECISIONS):
+            raise GenerationError(f"draft precisions {precisions}: only draft levels, in {', '.join(PRECISIONS)}")
+        before = {name: self.precision_of(name) for name in self._models}
+        self._draft_precisions = dict(precisions)
+        for name, precision in before.items():
+            if self.precision_of(name) != precision:
+                self.unload(name)
 
     def load_in_background(self, names: list[str]) -> list[Future[KVModel]]:
         """Load these levels one after another on a background thread, each compiled and warmed up (its costly
@@ -142,8 +167,8 @@ class ExportFolder:
         level = self.manifest.level(name)
         level_dir = self.path / level.path
         vocabulary = VocabularyMap.read(level_dir, level.vocabulary_ids) if level.vocabulary_ids else None
-        model = KVModel(self.core, level_dir, self.precision, self.kernel, self.threads, self.max_blocks,
-                        vocabulary)
+        model = KVModel(self.core, level_dir, self.precision_of(name), self.kernel, self.threads,
+                        self.max_blocks, vocabulary)
         if warm_up:
             model.warm_up()
         return model

@@ -126,6 +126,9 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     assert "predicted" in capsys.readouterr().out
     pipeline = ExportFolder(copy).pipeline()
     assert pipeline.chain == tuned["chain"]
+    # Drafts it measured faster in f32 run so from now on; the target keeps the folder's precision.
+    assert "target" not in tuned["precision"] and set(tuned["precision"].values()) <= {"f32"}
+    assert {name: pipeline.folder.precision_of(name) for name in tuned["precision"]} == tuned["precision"]
     assert [(pipeline.controls[name].k, pipeline.controls[name].confidence) for name in pipeline.chain[1:]] == \
         [(tuned["k"][name], tuned["confidence"][name]) for name in tuned["chain"][1:]]
     # Every chain the search covered runs with its own best settings, not just the chosen one.

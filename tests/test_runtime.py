@@ -84,6 +84,30 @@ def test_quantized_copies_of_the_target_take_its_prompt_cache_instead_of_reading
     assert computed["draft"] > prompt_tokens  # another model reads the prompt itself
 
 
+def test_drafts_tune_found_faster_in_f32_run_in_f32_beside_a_bf16_target(tiny_export, tmp_path):
+    copy = shutil.copytree(tiny_export, tmp_path / "copy")
+    manifest = json.loads((copy / "specqd.json").read_text())
+    manifest["tuned"] = {"chain": ["target", "draft"], "precision": {"draft": "f32"}}
+    (copy / "specqd.json").write_text(json.dumps(manifest))
+
+    def precision(folder, name):
+        return folder.model(name).compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    folder = ExportFolder(copy)
+    assert (precision(folder, "target"), precision(folder, "draft"), precision(folder, "target-int8")) == \
+        ("bf16", "f32", "bf16")
+    # Asked for f32 (the exactness check), every level runs in f32 whatever tune chose.
+    assert {precision(ExportFolder(copy, precision="f32"), name) for name in ("target", "draft")} == {"f32"}
+    # A level whose precision changes is compiled again; the others stay as they are.
+    target = folder.model("target")
+    folder.set_draft_precisions({"target-int8": "f32"})
+    assert (precision(folder, "draft"), precision(folder, "target-int8")) == ("bf16", "f32")
+    assert folder.model("target") is target
+    with pytest.raises(GenerationError, match="only draft levels"):
+        folder.set_draft_precisions({"target": "f32"})
+    assert ExportFolder(copy).pipeline().generate(PROMPTS[0], max_new_tokens=8).tokens
+
+
 def test_growing_the_kv_cache_keeps_tokens_exact(tiny_export, monkeypatch):
     monkeypatch.setattr(kvmodel, "FIRST_CAPACITY", kvmodel.BLOCK)  # grows at 32, 64 and 128 positions
     chain = "target,target-mxfp4,draft"

@@ -39,6 +39,7 @@ CONFIDENCE_CHOICES = (0.0, 0.3, 0.5, 0.7)  # 0: draft k tokens whatever the draf
 EXTEND_CHOICES = (0, 4, 8, 16)  # lookup guesses after the target's drafter stops
 MAX_DRAFT_LEVELS = 2  # model levels below the target; lookup may come after them
 FINALISTS = 3  # chains run end to end before choosing
+STEP_SIZES = sorted({1, 2, 3, 4, 6, 9, 13, max(K_CHOICES) + 1, 32, 64})  # 32, 64: the server's batched passes
 
 
 @dataclass
@@ -158,13 +159,14 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     levels = [level.name for level in folder.manifest.levels]
     say(f"generating the target's greedy text on {len(texts)} prompts")
     samples = [profile.greedy_continuation(folder, text, new_tokens) for text in texts]
-    sizes = sorted({1, 2, 3, 4, 6, 9, 13, max(K_CHOICES) + 1, 32, 64})  # 32, 64: the server's batched passes
-    times, prefill = {}, {}
+    prompt = samples[0][0]
+    folder.set_draft_precisions({})  # every level in the folder's precision first, whatever an earlier tune chose
+    times = {name: step_times(folder, name, prompt) for name in levels}
+    precisions = choose_precisions(folder, times, prompt)
+    prefill = {}
     for name in levels:
-        times[name] = profile.step_times(folder, name, samples[0][0], sizes)
-        prefill[name] = profile.prefill_ms(folder, name, samples[0][0])
-        say(f"step ms of {name}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times[name].items())
-            + f"; prompt read {prefill[name]:.0f}")
+        prefill[name] = profile.prefill_ms(folder, name, prompt)
+        say(f"{name} runs in {folder.precision_of(name)}; prompt read {prefill[name]:.0f} ms")
     traces = profile.traces(folder, levels, samples)
     copies = frozenset(name for name in levels if folder.is_copy_of_target(name))
     model = CostModel(times, traces, prefill, copies)
@@ -198,6 +200,7 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
         "finalists": {",".join(p.chain): {"predicted_tokens_per_second": round(p.tokens_per_second, 2),
                                           "measured_tokens_per_second": round(measured[",".join(p.chain)], 2)}
                       for p in finalists},
+        "precision": precisions,
         "step_ms": {name: {str(n): round(ms, 1) for n, ms in t.items()} for name, t in times.items()},
         "prompt_read_ms": {name: round(ms, 1) for name, ms in prefill.items()},
         "agreement": {f"{upper}>{lower}": round(trace.agreement, 3) for (upper, lower), trace in traces.items()},
@@ -205,6 +208,28 @@ def tune(folder: ExportFolder, texts: list[str], new_tokens: int = 64) -> dict:
     folder.manifest.tuned = choice
     folder.manifest.write(folder.path)
     return choice
+
+
+def step_times(folder: ExportFolder, name: str, prompt: list[int]) -> dict[int, float]:
+    times = profile.step_times(folder, name, prompt, STEP_SIZES)
+    say(f"step ms of {name} in {folder.precision_of(name)}: " + ", ".join(f"n={n} {ms:.0f}" for n, ms in times.items()))
+    return times
+
+
+def choose_precisions(folder: ExportFolder, times: dict[str, dict[int, float]], prompt: list[int]) -> dict[str, str]:
+    """Run in f32 each draft level whose steps of one stream (up to 13 tokens) take less time in f32 than in the
+    folder's bf16, and update `times` to match. On AMX CPUs OpenVINO's INT4 levels are ~10-30 % faster in f32."""
+    drafts = [name for name in times if name != "target"]
+    if folder.precision == "f32" or not drafts:
+        return {}
+    folder.set_draft_precisions(dict.fromkeys(drafts, "f32"))
+    in_f32 = {name: step_times(folder, name, prompt) for name in drafts}
+    single_stream = [n for n in STEP_SIZES if n <= 13]
+    faster = {name: "f32" for name in drafts
+              if sum(in_f32[name][n] for n in single_stream) < sum(times[name][n] for n in single_stream)}
+    folder.set_draft_precisions(faster)
+    times.update({name: in_f32[name] for name in faster})
+    return faster
 
 
 def measure(folder: ExportFolder, plans: list[Plan], texts: list[str], new_tokens: int) -> dict[str, float]:
