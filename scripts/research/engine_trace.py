@@ -1,7 +1,7 @@
 """The server's engine without HTTP, round by round: where a closed loop of requests spends its time.
 
     .venv/bin/python scripts/research/engine_trace.py EXPORT_DIR --chain target,draft-int4_sym,lookup \\
-        [--concurrency 8] [--requests 16] [--max-tokens 64] [--extend N] [--prior P] [--out trace.json]
+        [--concurrency 8] [--requests 16] [--max-tokens 64] [--extend N] [--prior P] [--bf16-drafts] [--out F]
 
 Keeps `--concurrency` requests of HumanEval/82-163 running (greedy) until `--requests` have finished, and logs
 every round: requests in it, each one's draft cap, prompt tokens the target still had to read, tokens gained,
@@ -59,9 +59,12 @@ def main() -> None:
     parser.add_argument("--prior", type=float,
                         help="the draft budget's starting acceptance (default: tune's agreement, budget.prior_rate)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--bf16-drafts", action="store_true", help="every draft in bf16, not tune's precisions")
     args = parser.parse_args()
     chain = args.chain.split(",")
     folder = ExportFolder(args.export_dir)
+    if args.bf16_drafts:
+        folder.set_draft_precisions({})
     controls = folder.default_controls(chain)
     if args.extend is not None:
         controls[chain[1]] = dataclasses.replace(controls[chain[1]], extend=args.extend)
