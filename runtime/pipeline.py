@@ -68,9 +68,9 @@ class ExportFolder:
         self.path = Path(folder)
         self.manifest = Manifest.read(self.path)
         self.precision = precision
-        # Draft levels that `specqd tune` measured faster in f32 than in bf16 (OpenVINO's INT4 matmuls take
-        # int8 activations in f32, and decompress to bf16 otherwise); a draft only proposes, so its precision
-        # never changes which tokens the target accepts.
+        # Draft levels that `specqd tune` measured faster in f32 than in bf16 (OpenVINO's INT4 levels, by 10-40 %
+        # on an AMX Xeon: docs/draft-precision.md); a draft only proposes, so its precision never changes which
+        # tokens the target accepts.
         self._draft_precisions: dict[str, str] = dict((self.manifest.tuned or {}).get("precision", {}))
         self.threads = threads
         self.mxfp4_kernel = mxfp4_kernel
