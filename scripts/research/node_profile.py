@@ -2,8 +2,9 @@
 
     python scripts/research/node_profile.py EXPORT_DIR [--level target] [--tokens 1,6] [--property KEY=VALUE ...]
 
---property adds a CPU compile property (e.g. ENABLE_CPU_PINNING=True, KV_CACHE_PRECISION=u8) to see whether
-it changes the step. Shares are of the summed node times; wall ms is the median step time.
+--property adds a CPU compile property (e.g. ENABLE_CPU_PINNING=True, INFERENCE_PRECISION_HINT=f32) to see
+whether it changes the step; the kernels OpenVINO picked for the busiest node type are listed too. Shares
+are of the summed node times; wall ms is the median step time.
 """
 import argparse
 import collections
@@ -48,6 +49,10 @@ def main():
         shares = ", ".join(f"{kind} {100 * t / total:.1f} %" for kind, t in nodes.most_common(4))
         print(f"{args.level} n={n}: {statistics.median(walls[1:]):.1f} ms, nodes {1000 * total / len(walls):.1f} ms; "
               f"{shares}  {args.property or ''}")
+        busiest = nodes.most_common(1)[0][0]
+        kernels = collections.Counter(info.exec_type for info in model.request.profiling_info
+                                      if info.node_type == busiest)
+        print(f"  {busiest} kernels: " + ", ".join(f"{kind} x{count}" for kind, count in kernels.most_common()))
 
 
 if __name__ == "__main__":
