@@ -38,6 +38,7 @@ class GenAIConfig:
     num_assistant_tokens: int = 5    # draft tokens per step (genai's default is 5)
     max_ngram_size: int = 3
     precision: str = "bf16"          # INFERENCE_PRECISION_HINT, as in runtime.kvmodel ("bf16" or "f32")
+    draft_precision: str | None = None  # the draft's, when it differs (as `specqd tune` may choose for ours)
 
 
 @dataclass
@@ -58,14 +59,14 @@ class GenAIEngine:
             raise ValueError("choose a draft IR or prompt lookup, not both")
         self.config = config
         self._genai = openvino_genai
-        device: dict[str, Any] = {"INFERENCE_PRECISION_HINT": config.precision, "NUM_STREAMS": 1,
-                                  "KV_CACHE_PRECISION": "f16" if config.precision == "bf16" else "f32"}
+        device = _device(config.precision)
         scheduler = openvino_genai.SchedulerConfig()  # cache grows on demand, as in genai's latency configuration
         scheduler.enable_prefix_caching = False
         scheduler.max_num_batched_tokens = sys.maxsize  # read a prompt in one pass, as our runtime does
         options: dict[str, Any] = dict(device, scheduler_config=scheduler)
         if config.draft is not None:
-            options["draft_model"] = openvino_genai.draft_model(str(config.draft), "CPU", **device)
+            draft_device = _device(config.draft_precision or config.precision)
+            options["draft_model"] = openvino_genai.draft_model(str(config.draft), "CPU", **draft_device)
         elif config.prompt_lookup:
             options["prompt_lookup"] = True
         self.pipe = openvino_genai.LLMPipeline(str(config.target), "CPU", **options)
@@ -109,3 +110,8 @@ class GenAIEngine:
             draft_seconds=extended.draft_model_metrics.get_inference_duration().mean / 1000 if extended else None,
             target_seconds=target_ms / 1000 if target_ms > 0 else None,
             target_steps=steps)
+
+
+def _device(precision: str) -> dict[str, Any]:
+    return {"INFERENCE_PRECISION_HINT": precision, "NUM_STREAMS": 1,
+            "KV_CACHE_PRECISION": "f16" if precision == "bf16" else "f32"}
