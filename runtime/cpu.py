@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import openvino as ov
+
 
 def cpu_has(flag: str) -> bool:
     """Whether /proc/cpuinfo lists this CPU flag (False where there is no such file)."""
@@ -13,6 +15,12 @@ def cpu_has(flag: str) -> bool:
         return flag in Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
+
+
+def computes_in_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bf16 here. Without it (no AVX512-BF16 or AMX) a bf16 precision
+    hint computes in f32, and only the KV cache's f16 tells it from f32."""
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def avoid_one_core_amx_crash(precision: str, threads: int) -> None:
