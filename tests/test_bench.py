@@ -112,12 +112,14 @@ def test_the_cost_model_replays_drafting_rounds_along_the_measured_agreement():
     assert rejected.cost_per_token(["target", "draft"], {"draft": (4, 0.0, 0)}) == ((4 + 4 + 4 + 3) * 10 + 4 * 100) / 12
 
 
-def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys):
+def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, capsys, monkeypatch):
     import shutil
 
     from specqd.runtime.manifest import Manifest
     from specqd.runtime.pipeline import ExportFolder
+    from specqd.runtime.tools import tune
 
+    monkeypatch.setattr(tune, "computes_in_bf16", lambda: True)  # so the choice of draft precision runs on any CPU
     copy = shutil.copytree(tiny_export, tmp_path / "copy")
     assert cli.main(["tune", str(copy), "--prompts", "humaneval:0-0", "--max-new-tokens", "12"]) == 0
     tuned = Manifest.read(copy).tuned
@@ -137,6 +139,17 @@ def test_tune_stores_a_choice_that_generate_then_uses(tiny_export, tmp_path, cap
     assert {name: c.k for name, c in controls.items()} == tuned["k_by_chain"][other]
     assert {name: c.confidence for name, c in controls.items()} == tuned["confidence_by_chain"][other]
     assert {name: c.extend for name, c in controls.items()} == tuned["extend_by_chain"][other]
+
+
+def test_tune_keeps_drafts_in_the_folders_precision_where_the_cpu_computes_bf16_in_f32(tiny_export, monkeypatch):
+    from specqd.runtime.pipeline import ExportFolder
+    from specqd.runtime.tools import tune
+
+    monkeypatch.setattr(tune, "computes_in_bf16", lambda: False)
+    folder = ExportFolder(tiny_export)
+    times = {"target": {1: 100.0}, "draft": {1: 10.0}}
+    assert tune.choose_precisions(folder, times, folder.encode("def f(x):")) == {}
+    assert folder.precision_of("draft") == "bf16" and times["draft"] == {1: 10.0}
 
 
 def test_profile_prints_step_times_per_level_as_json(tiny_export, capsys):
